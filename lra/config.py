@@ -1,0 +1,258 @@
+"""The config schema and its validation: every user error is raised here, before any data is read.
+
+`validate(cfg)` checks the composed Hydra config against the schema (misspelt keys, wrong types) and then the
+values (unknown names, impossible sizes, a device that is not there). Each problem becomes one
+`ConfigError` line that names the key path, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from lra.errors import ConfigError
+
+SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
+POOLING_MODES = ("MEAN", "CLS")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+METRICS = (
+    "train_loss", "train_accuracy", "lr", "eval_loss", "eval_accuracy", "test_accuracy", "test_loss",
+    "samples_per_second", "peak_memory_mb",
+)
+
+
+@dataclass
+class DatasetSizes:
+    train: int = 1
+    dev: int = 1
+    test: int = 1
+
+
+@dataclass
+class ModelSchema:
+    learn_pos_emb: bool = True
+    tied_weights: bool = False
+    embedding_dim: int = 64
+    transformer_hidden_dim: int = 128
+    head_dim: int = 32
+    num_head: int = 2
+    num_layers: int = 2
+    vocab_size: int = 32
+    max_seq_len: int = 512
+    dropout_prob: float = 0.1
+    attention_dropout: float = 0.1
+    pooling_mode: str = "MEAN"
+    num_classes: int = 2
+    dual_encoder: bool = False
+
+
+@dataclass
+class TrainingSchema:
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    num_epochs: int = 1
+    num_eval_steps: int = 1
+    mixed_precision: Any = False
+    lr_scheduler: str = "exp_decay"
+    learning_rate_decay: float = 0.9
+    warmup_steps: int = 0
+    final_div_factor: float = 100.0
+    seed: int = 0
+    grad_clip: float = 0.0
+    label_smoothing: float = 0.0
+    max_steps: Optional[int] = None
+    log_every: int = 10
+    checkpoint_every: int = 100
+    debug_nan_at_step: Optional[int] = None
+
+
+@dataclass
+class HardwareSchema:
+    name: str = "cpu"
+    device: str = "auto"
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class TrackingSchema:
+    uri: Optional[str] = None
+    experiment: Optional[str] = None
+    run_name: Optional[str] = None
+    system_metrics: bool = True
+
+
+@dataclass
+class CheckpointSchema:
+    dir: str = "checkpoints"
+    resume: bool = True
+
+
+@dataclass
+class SweepSchema:
+    id: Optional[str] = None
+    parent_run_id: Optional[str] = None
+    objective: str = "eval_accuracy"
+    storage: Optional[str] = None
+    study_name: Optional[str] = None
+    trial_number: Optional[int] = None
+
+
+@dataclass
+class Schema:
+    task: str = "listops-small"
+    dataset: DatasetSizes = field(default_factory=DatasetSizes)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    training: TrainingSchema = field(default_factory=TrainingSchema)
+    hardware: HardwareSchema = field(default_factory=HardwareSchema)
+    gpu_memory: dict[str, Any] = field(default_factory=dict)
+    extra_attn_config: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attention: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
+    checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
+    sweep: SweepSchema = field(default_factory=SweepSchema)
+
+
+def _known_keys(node: Any, prefix: str) -> list[str]:
+    if not OmegaConf.is_dict(node):
+        return [prefix]
+    keys = []
+    for key in node.keys():
+        keys.extend(_known_keys(node._get_node(key), f"{prefix}.{key}" if prefix else str(key)))
+    return keys
+
+
+def _schema_error(cfg: DictConfig, error: OmegaConfBaseException) -> ConfigError:
+    key = str(getattr(error, "full_key", "") or getattr(error, "key", "") or "?")
+    value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    if isinstance(error, ConfigKeyError):
+        known = _known_keys(OmegaConf.structured(Schema), "")
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        fix = f"did you mean {close[0]}?" if close else "remove it; see the README's list of keys"
+        return ConfigError(key, value, "unknown config key", fix)
+    expected = type(OmegaConf.select(OmegaConf.structured(Schema), key, default=None)).__name__
+    return ConfigError(key, value, f"wrong type ({error.msg.splitlines()[0]})", f"give a value of type {expected}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(key, value, "unknown value", "use one of: " + ", ".join(allowed))
+
+
+def _at_least(key: str, value: Any, low: float, fix: str = "") -> None:
+    if value is None or value < low:
+        raise ConfigError(key, value, f"must be at least {low}", fix or f"set {key} >= {low}")
+
+
+def resolve_precision(mixed_precision: Any, device: torch.device) -> str:
+    """`training.mixed_precision` -> 'fp32', 'bf16' or 'fp16' (True picks bf16 where the device has it)."""
+    if mixed_precision in (False, None, "fp32", "false"):
+        return "fp32"
+    if mixed_precision in (True, "true"):
+        if device.type == "cpu" or torch.cuda.is_bf16_supported():
+            return "bf16"
+        return "fp16"
+    if mixed_precision in ("bf16", "fp16"):
+        return str(mixed_precision)
+    raise ConfigError("training.mixed_precision", mixed_precision, "unknown precision",
+                      "use false, true, or one of: " + ", ".join(PRECISIONS))
+
+
+def resolve_device(device: str) -> torch.device:
+    _choice("hardware.device", device, DEVICES)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("hardware.device", device, "no CUDA GPU is visible to torch",
+                          "use hardware.device=cpu (or auto), or install a CUDA build of torch")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check the composed config; return it merged into the schema (typed, read-only) or raise ConfigError."""
+    from lra.attention import attention_options
+    from lra.data import check_data_config, sequence_length
+
+    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(Schema), plain)
+    except OmegaConfBaseException as error:
+        raise _schema_error(plain, error) from None
+
+    model, training = typed.model, typed.training
+    for split in ("train", "dev", "test"):
+        _at_least(f"dataset.{split}", typed.dataset[split], 1)
+    for key in ("embedding_dim", "transformer_hidden_dim", "head_dim", "num_head", "num_layers",
+                "vocab_size", "max_seq_len"):
+        _at_least(f"model.{key}", model[key], 1)
+    _at_least("model.num_classes", model.num_classes, 2)
+    for key in ("dropout_prob", "attention_dropout"):
+        if not 0.0 <= model[key] < 1.0:
+            raise ConfigError(f"model.{key}", model[key], "must lie in [0, 1)", f"set model.{key}=0.1")
+    _choice("model.pooling_mode", model.pooling_mode, POOLING_MODES)
+
+    _at_least("training.batch_size", training.batch_size, 1)
+    _at_least("training.num_epochs", training.num_epochs, 1)
+    _at_least("training.num_eval_steps", training.num_eval_steps, 1)
+    _at_least("training.warmup_steps", training.warmup_steps, 0)
+    _at_least("training.log_every", training.log_every, 1)
+    _at_least("training.checkpoint_every", training.checkpoint_every, 0)
+    if training.max_steps is not None:
+        _at_least("training.max_steps", training.max_steps, 1)
+    if not training.learning_rate > 0:
+        raise ConfigError("training.learning_rate", training.learning_rate, "must be positive",
+                          "set training.learning_rate=1e-3")
+    _at_least("training.weight_decay", training.weight_decay, 0.0)
+    _at_least("training.grad_clip", training.grad_clip, 0.0, "use 0 to turn clipping off")
+    if not 0.0 <= training.label_smoothing < 1.0:
+        raise ConfigError("training.label_smoothing", training.label_smoothing, "must lie in [0, 1)",
+                          "set training.label_smoothing=0.1")
+    _choice("training.lr_scheduler", training.lr_scheduler, SCHEDULERS)
+    if not 0.0 < training.learning_rate_decay <= 1.0:
+        raise ConfigError("training.learning_rate_decay", training.learning_rate_decay, "must lie in (0, 1]",
+                          "set training.learning_rate_decay=0.9")
+    _at_least("training.final_div_factor", training.final_div_factor, 1.0)
+
+    name = typed.attention.get("name")
+    options = attention_options(name)  # raises ConfigError for an unknown attention.name
+    for option in typed.attention:
+        if option != "name" and option not in options:
+            raise ConfigError(f"attention.{option}", typed.attention[option],
+                              f"not an option of attention {name}",
+                              "use one of: " + (", ".join(sorted(options)) or "(none)"))
+    chunk = typed.gpu_memory.get(name)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"gpu_memory.{name}", chunk, "the chunk size must be a positive integer",
+                          f"set gpu_memory.{name}={training.batch_size} (or smaller to save memory)")
+    checkpointing = typed.extra_attn_config.get(name, {}).get("attention_grad_checkpointing", False)
+    if not isinstance(checkpointing, bool):
+        raise ConfigError(f"extra_attn_config.{name}.attention_grad_checkpointing", checkpointing,
+                          "must be a boolean", "use true or false")
+
+    device = resolve_device(typed.hardware.device)
+    if typed.hardware.num_threads is not None:
+        _at_least("hardware.num_threads", typed.hardware.num_threads, 1, "use null for torch's default")
+    precision = resolve_precision(training.mixed_precision, device)
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("training.mixed_precision", training.mixed_precision,
+                          "fp16 autocast is not supported on the CPU",
+                          "use training.mixed_precision=bf16 (or false) on a CPU")
+
+    _choice("sweep.objective", typed.sweep.objective, METRICS)
+
+    check_data_config(typed.data)
+    length = sequence_length(typed.data) + (1 if model.pooling_mode == "CLS" else 0)
+    if length > model.max_seq_len and not typed.data.get("truncate", False):
+        cls_note = " (one slot is the CLS token)" if model.pooling_mode == "CLS" else ""
+        raise ConfigError("model.max_seq_len", model.max_seq_len,
+                          f"the task's sequences need {length} positions{cls_note}",
+                          f"set model.max_seq_len={length}, or data.truncate=true to cut them")
+    OmegaConf.set_readonly(typed, True)
+    return typed
