@@ -1,0 +1,114 @@
+"""hrr-individual: each key binds its own value, each query unbinds every binding.
+
+  S_ij = s·cos(q_i† ⊛ (k_j ⊛ v_j), v_j) + b_j;  y_i = Σ_j softmax_j(S)_ij v_j
+Never the T×T×H tensor: by Parseval, with Q̂, K̂, V̂ the rfft spectra and ω_f the bin weights,
+  num_ij  = (1/H) Σ_f ω_f (Re Q̂_if Re K̂_jf + Im Q̂_if Im K̂_jf) |V̂_jf|²   (one real GEMM over 2F features)
+  |v̂_ij|² = (1/H) Σ_f ω_f |Q̂_if|² |K̂_jf|² |V̂_jf|²                         (one real GEMM over F features)
+so S = (s·num / |v_j|_eps) ⊙ rsqrt(|v̂|² + eps²) + b. The per-token features are built with autograd
+(`_features`); the T×T part runs in `_ScoresSoftmaxValues`, a custom autograd function over blocks of
+queries that saves only its inputs and the row log-sum-exp and recomputes the scores in the backward
+pass (flash-attention style): O(T·block) memory instead of O(T²), and fewer passes over T×T data.
+`block_size=0` selects the plain autograd form (every T×T intermediate kept), the reference for tests.
+"""
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from lra.attention import hrr
+from lra.attention.common import CosineScale, check_positive, full_precision, key_bias
+from lra.errors import ConfigError
+
+
+def _features(q: Tensor, k: Tensor, v: Tensor, scale: Tensor, eps: float) -> tuple[Tensor, ...]:
+    """Query and key features whose products give the scores. All (B, h, T, .)."""
+    H = q.shape[-1]
+    qf, kf, vf = hrr.spectrum(q), hrr.spectrum(k), hrr.spectrum(v)  # (B, h, T, F) complex
+    weight = hrr.parseval_weights(H, q.dtype, q.device) / H  # (F,)
+    v_power = vf.real.square() + vf.imag.square()  # |V̂|², (B, h, T, F)
+    v_norm = torch.sqrt(v.square().sum(-1, keepdim=True) + eps * eps)  # |v_j|_eps, (B, h, T, 1)
+    key_weight = weight * v_power / v_norm
+    q_num = scale * torch.cat([qf.real, qf.imag], dim=-1)  # (B, h, T, 2F), s folded in
+    k_num = torch.cat([kf.real * key_weight, kf.imag * key_weight], dim=-1)  # (B, h, T, 2F)
+    q_den = qf.real.square() + qf.imag.square()  # |Q̂|², (B, h, T, F)
+    k_den = weight * (kf.real.square() + kf.imag.square()) * v_power  # (B, h, T, F)
+    return q_num, k_num, q_den, k_den
+
+
+def scores_softmax_values_plain(q_num, k_num, q_den, k_den, bias, v, eps: float) -> Tensor:
+    """y = softmax(q_num k_numᵀ ⊙ rsqrt(q_den k_denᵀ + eps²) + bias) v with autograd: O(T²) saved."""
+    num = q_num @ k_num.transpose(-1, -2)  # (B, h, T, T)
+    den = q_den @ k_den.transpose(-1, -2)  # (B, h, T, T): |v̂_ij|²
+    scores = num * torch.rsqrt(den + eps * eps) + bias
+    return torch.softmax(scores, dim=-1) @ v  # (B, h, T, H)
+
+
+class _ScoresSoftmaxValues(torch.autograd.Function):
+    """The same map as `scores_softmax_values_plain`, blocked over queries with recomputation."""
+
+    @staticmethod
+    def forward(ctx, q_num, k_num, q_den, k_den, bias, v, eps: float, block: int):
+        T = q_num.shape[-2]
+        y = v.new_empty(*q_num.shape[:-1], v.shape[-1])  # (B, h, T, H)
+        lse = v.new_empty(q_num.shape[:-1])  # (B, h, T)
+        for i in range(0, T, block):
+            sl = slice(i, i + block)
+            scores = _block_scores(q_num[..., sl, :], k_num, q_den[..., sl, :], k_den, bias, eps)  # (B, h, b, T)
+            lse[..., sl] = torch.logsumexp(scores, dim=-1)
+            probs = scores.sub_(lse[..., sl, None]).exp_()
+            y[..., sl, :] = probs @ v
+        ctx.save_for_backward(q_num, k_num, q_den, k_den, bias, v, y, lse)
+        ctx.eps, ctx.block = eps, block
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        q_num, k_num, q_den, k_den, bias, v, y, lse = ctx.saved_tensors
+        eps, block, T = ctx.eps, ctx.block, q_num.shape[-2]
+        dq_num, dq_den = torch.empty_like(q_num), torch.empty_like(q_den)
+        dk_num, dk_den, dv = torch.zeros_like(k_num), torch.zeros_like(k_den), torch.zeros_like(v)
+        delta = (dy * y).sum(-1, keepdim=True)  # (B, h, T, 1): Σ_j P_ij dP_ij
+        for i in range(0, T, block):
+            sl = slice(i, i + block)
+            num = q_num[..., sl, :] @ k_num.transpose(-1, -2)  # (B, h, b, T)
+            r = torch.rsqrt(q_den[..., sl, :] @ k_den.transpose(-1, -2) + eps * eps)  # (B, h, b, T)
+            probs = torch.addcmul(bias, num, r).sub_(lse[..., sl, None]).exp_()  # P
+            dv += probs.transpose(-1, -2) @ dy[..., sl, :]
+            d_scores = (dy[..., sl, :] @ v.transpose(-1, -2)).sub_(delta[..., sl, :]).mul_(probs)  # dS
+            d_num = d_scores.mul_(r)  # dS ⊙ r
+            d_den = num.mul_(d_num).mul_(r).mul_(r).mul_(-0.5)  # dS ⊙ num ⊙ (-r³ / 2)
+            dq_num[..., sl, :] = d_num @ k_num
+            dk_num += d_num.transpose(-1, -2) @ q_num[..., sl, :]
+            dq_den[..., sl, :] = d_den @ k_den
+            dk_den += d_den.transpose(-1, -2) @ q_den[..., sl, :]
+        return dq_num, dk_num, dq_den, dk_den, None, dv, None, None
+
+
+def _block_scores(q_num, k_num, q_den, k_den, bias, eps: float) -> Tensor:
+    num = q_num @ k_num.transpose(-1, -2)
+    r = (q_den @ k_den.transpose(-1, -2)).add_(eps * eps).rsqrt_()
+    return torch.addcmul(bias, num, r)
+
+
+class HRRIndividualAttention(nn.Module):
+    def __init__(self, num_heads: int, head_dim: int, *, scale_init: float = 10.0, learn_scale: bool = True,
+                 eps: float = 1e-6, block_size: int = 256) -> None:
+        super().__init__()
+        check_positive("eps", eps)
+        if not (isinstance(block_size, int) and block_size >= 0):
+            raise ConfigError(key="attention.block_size", value=block_size, problem="must be an int >= 0",
+                              fix="queries per block (e.g. 256), or 0 for the plain autograd form")
+        self.num_heads, self.head_dim, self.eps, self.block_size = num_heads, head_dim, eps, block_size
+        self.scale = CosineScale(num_heads, scale_init, learn_scale)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        with full_precision(q) as dt:
+            q, k, v32 = q.to(dt), k.to(dt), v.to(dt)
+            features = _features(q, k, v32, self.scale(dt, q.device), self.eps)
+            bias = key_bias(mask, dt)  # (B, 1, 1, T)
+            if self.block_size == 0:
+                y = scores_softmax_values_plain(*features, bias, v32, self.eps)
+            else:
+                y = _ScoresSoftmaxValues.apply(*features, bias, v32, self.eps, self.block_size)
+        return y.to(v.dtype)

@@ -1,0 +1,104 @@
+"""Throwaway benchmark of the five mechanisms (fwd+bwd); `python -m lra.bench` will replace it.
+
+Time: median wall time of fwd+bwd over interleaved repetitions (all mechanisms in each round, one process).
+Memory: peak bytes live in the torch CPU allocator during one fwd+bwd above what was live before it,
+read from the profiler's allocation events (`total_allocated`, torch.profiler with profile_memory=True);
+inputs and parameters are allocated before and not counted. Both are given as ratios to softmax.
+
+    python scripts/bench_attention_scratch.py --seq-lens 1024 4096
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from lra.attention import ATTENTIONS, build_attention
+from lra.attention.hrr_bundled import bundle_readout_fft, bundle_readout_gemm
+
+
+def peak_bytes(fn) -> int:
+    """Peak extra bytes held by the CPU allocator while fn runs, from profiler allocation events."""
+    from torch._C._profiler import _EventType
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    totals = []
+
+    def walk(event):
+        if event.tag == _EventType.Allocation:
+            totals.append((event.start_time_ns, event.extra_fields.total_allocated))
+        for child in event.children:
+            walk(child)
+
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        walk(root)
+    return max((t for _, t in sorted(totals)), default=0)
+
+
+def make_step(fn, inputs):
+    def step():
+        for x in inputs:
+            x.grad = None
+        fn(*inputs).square().mean().backward()
+    return step
+
+
+def run(steps: dict, reps: int, warmup: int = 1) -> tuple[dict, dict]:
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(reps):  # interleaved: each round runs every candidate once
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    peaks = {name: peak_bytes(step) for name, step in steps.items()}
+    return {n: statistics.median(t) for n, t in times.items()}, peaks
+
+
+def table(title: str, med: dict, peaks: dict, base: str) -> None:
+    print(f"\n{title}")
+    print(f"| {'mechanism':<24} | time ms | time / {base} | peak MB | mem / {base} |")
+    print(f"|{'-' * 26}|---------|{'-' * (10 + len(base))}|---------|{'-' * (9 + len(base))}|")
+    for n in med:
+        print(f"| {n:<24} | {med[n] * 1e3:7.1f} | {med[n] / med[base]:{7 + len(base)}.3f} "
+              f"| {peaks[n] / 2**20:7.1f} | {peaks[n] / max(peaks[base], 1):{6 + len(base)}.3f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--mechanisms", nargs="+", default=list(ATTENTIONS))
+    ap.add_argument("--extra", action="store_true",
+                    help="also hrr-individual with block_size=0 (plain autograd) and 1024, and hrr-bundled's two forms")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, B={args.batch}, "
+          f"heads={args.heads}, H={args.head_dim}, fwd+bwd, {args.reps} interleaved reps, float32")
+    for T in args.seq_lens:
+        shape = (args.batch, args.heads, T, args.head_dim)
+        q, k, v = (torch.randn(shape, requires_grad=True) for _ in range(3))
+        mask = torch.ones(args.batch, T, dtype=torch.bool)
+        modules = {n: build_attention(n, args.heads, args.head_dim) for n in args.mechanisms}
+        if args.extra:
+            for bs in (0, 1024):
+                modules[f"hrr-individual bs={bs}"] = build_attention("hrr-individual", args.heads, args.head_dim,
+                                                                     block_size=bs)
+        steps = {n: make_step(lambda q, k, v, m=m: m(q, k, v, mask), (q, k, v)) for n, m in modules.items()}
+        if args.extra:
+            steps["bundled read-out: fft"] = make_step(lambda q, k, v: bundle_readout_fft(q, k, v, mask), (q, k, v))
+            steps["bundled read-out: gemm"] = make_step(lambda q, k, v: bundle_readout_gemm(q, k, v, mask), (q, k, v))
+        med, peaks = run(steps, args.reps)
+        table(f"T={T}", med, peaks, base="softmax" if "softmax" in med else next(iter(med)))
+
+
+if __name__ == "__main__":
+    main()
