@@ -83,7 +83,9 @@ def format_value(value: Any) -> str:
     text = str(value)
     if _BARE.fullmatch(text) and text.lower() not in _RESERVED:
         return text
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Hydra's quoted strings: a backslash escapes only a quote or the backslashes before one (or the end)
+    text = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("'", "\\'") + "'"
 
 
 def override_line(key: str, value: str) -> str:
