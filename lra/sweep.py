@@ -71,12 +71,12 @@ def _quote(value: str) -> str:
 
 
 def find_parent_run(client: Any, experiment_id: str, sweep_id: str) -> Optional[Any]:
+    """The sweep's parent run: the first created if parallel workers of one study raced to create several."""
     runs = client.search_runs(
         [experiment_id],
         filter_string=f"tags.sweep_id = {_quote(sweep_id)} and tags.`{PARENT_TAG}` = 'true'",
-        max_results=1,
     )
-    return runs[0] if runs else None
+    return min(runs, key=lambda run: (run.info.start_time, run.info.run_id)) if runs else None
 
 
 def child_runs(client: Any, experiment_ids: list[str], sweep_id: str) -> list[Any]:
@@ -142,8 +142,13 @@ class SweepRunCallback(Callback):
                 "sweep.command": " ".join(sys.argv)[:5000],
                 "sweep.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_", default="")),
                 "sweep.objective": str(OmegaConf.select(config, "sweep.objective", default=""))}
-        run = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags=tags)
-        return run.info.run_id
+        mine = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags=tags).info.run_id
+        first = find_parent_run(self.client, self.experiment_id, self.sweep_id)
+        if first is not None and first.info.run_id != mine:  # another worker of this study created it first
+            self.client.delete_run(mine)
+            self.client.update_run(first.info.run_id, status="RUNNING")
+            return first.info.run_id
+        return mine
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default=".")))
