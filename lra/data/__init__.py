@@ -1,0 +1,171 @@
+"""Data for every LRA task: `load_splits(cfg.data, cfg.dataset)` -> {"train", "dev", "test"} of `Split`s.
+
+Release-file tasks (listops, text, retrieval, image, pathfinder) are prepared once from `data.source` into
+memory-mapped arrays under `data.root` with a JSON manifest (`python -m lra.data prepare <task> --source PATH`
+does it ahead of time); generated tasks (listops-generated, pathfinder-generated) and image-digits are made on
+first use and cached the same way. Token id 0 is padding in every task. See `lra/data/tasks.py` for each task's
+`data` node and the model sizes it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lra.data import image, listops, pathfinder, retrieval, snakes, text
+from lra.data.base import SPLITS, GeneratedLoader, Loader, ReleaseLoader
+from lra.data.params import check_sizes, parse
+from lra.data.store import Builder, fingerprint, open_prepared, params_key
+from lra.errors import ConfigError
+
+LOADERS: dict[str, Loader] = {
+    loader.name: loader
+    for loader in (
+        listops.ListOpsRelease(),
+        listops.ListOpsGenerated(),
+        text.Text(),
+        retrieval.Retrieval(),
+        image.Cifar10(),
+        image.Digits(),
+        pathfinder.Pathfinder(),
+        snakes.PathfinderGenerated(),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: padded token ids, real lengths and labels (and the second document for retrieval)."""
+
+    tokens: np.ndarray  # (N, T) integer array (may be a np.memmap), 0 is the pad id everywhere
+    lengths: np.ndarray  # (N,) int: sample n's real tokens are tokens[n, :lengths[n]] (images: always T)
+    labels: np.ndarray  # (N,) int64
+    tokens2: np.ndarray | None = None  # retrieval: the second document
+    lengths2: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index) -> dict:
+        """Samples `index` (an int array) as int64 torch tensors: tokens, lengths, labels[, tokens2, lengths2]."""
+        import torch
+
+        index = np.asarray(index)
+        out = {"tokens": self.tokens[index], "lengths": self.lengths[index], "labels": self.labels[index]}
+        if self.tokens2 is not None:
+            out["tokens2"] = self.tokens2[index]
+            out["lengths2"] = self.lengths2[index]
+        return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for k, v in out.items()}
+
+
+def sequence_length(data_cfg: Mapping) -> int:
+    """The fixed length T of this task's token arrays, from the config alone (no I/O)."""
+    loader, _, params = parse(data_cfg, LOADERS)
+    return loader.seq_len(params)
+
+
+def check_data_config(data_cfg: Mapping) -> None:
+    """Validate the `data` node (loader known, its parameters known, well-typed and sane); reads no data."""
+    parse(data_cfg, LOADERS)
+
+
+def task_info(data_cfg: Mapping) -> dict[str, int]:
+    """What the model needs for this data: {seq_len, vocab_size (smallest that fits), num_classes}."""
+    loader, _, params = parse(data_cfg, LOADERS)
+    return {"seq_len": loader.seq_len(params), "vocab_size": loader.vocab_size, "num_classes": loader.num_classes}
+
+
+def load_splits(data_cfg: Mapping, sizes: Mapping[str, int], *, seed: int = 0) -> dict[str, Split]:
+    """{"train", "dev", "test"}: the first `sizes[split]` samples of each split (generated tasks: that many drawn,
+    from `seed`). Prepares or generates the arrays on first use and caches them under `data.root`."""
+    loader, common, params = parse(data_cfg, LOADERS)
+    sizes = check_sizes(sizes)
+    manifest, arrays = _prepared(loader, common, params, sizes, int(seed))
+    full = loader.splits(params, arrays, manifest)
+    T = loader.seq_len(params)
+    out = {}
+    for split in SPLITS:
+        fields = full[split]
+        available = len(fields["labels"])
+        n = sizes[split]
+        if n > available:
+            raise ConfigError(f"dataset.{split}", n, f"only {available} samples are available in this split",
+                              f"set dataset.{split} <= {available}")
+        for suffix in ("", "2"):
+            longer = fields.get(f"full_lengths{suffix}")
+            if longer is None or common.truncate:
+                continue
+            over = np.asarray(longer[:n]) > T
+            if over.any():
+                raise ConfigError("data.truncate", common.truncate,
+                                  f"{int(over.sum())} of the first {n} {split} samples are longer than the task's "
+                                  f"length {T} (the longest has {int(np.max(longer[:n]))} tokens)",
+                                  "set data.truncate=true to cut them (as LRA does), or raise data.max_length "
+                                  "(and model.max_seq_len)")
+        tokens = fields["tokens"][:n]
+        assert tokens.shape[1] == T, (tokens.shape, T)
+        out[split] = Split(tokens=tokens, lengths=fields["lengths"][:n], labels=fields["labels"][:n],
+                           tokens2=fields["tokens2"][:n] if "tokens2" in fields else None,
+                           lengths2=fields["lengths2"][:n] if "lengths2" in fields else None)
+    return out
+
+
+def prepared_folder(loader: Loader, root: str | Path, params, sizes: dict[str, int], seed: int) -> Path:
+    return Path(root) / loader.name / params_key(loader.identity(params, sizes, seed))
+
+
+def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, force: bool = False):
+    """(manifest, arrays): reuse the prepared folder when its manifest matches, else prepare/generate it."""
+    identity = loader.identity(params, sizes, seed)
+    folder = prepared_folder(loader, common.root, params, sizes, seed)
+    opened = open_prepared(folder, identity) if not force else "asked to prepare again"
+    source_folder = None
+    if isinstance(loader, ReleaseLoader) and not loader.builtin and common.source is not None:
+        source_folder = loader.locate(Path(common.source), params)
+        if isinstance(opened, tuple):
+            now = fingerprint(loader.source_files(source_folder, params))
+            if opened[0].get("source_fingerprint") != now:
+                opened = f"the files in {source_folder} changed since they were prepared"
+    if isinstance(opened, tuple):
+        return opened
+    if isinstance(loader, ReleaseLoader) and not loader.builtin and source_folder is None:
+        from lra.data.tasks import prepare_command
+
+        raise ConfigError("data.source", None,
+                          f"no prepared {loader.name} data in {folder} ({opened}) and no source to prepare it from",
+                          f"get the release files (layout: {loader.layout}); then run "
+                          f"`{prepare_command(loader.name, params, common.root)}`, or set data.source=PATH")
+    builder = Builder(folder)
+    try:
+        manifest = {"identity": identity, "loader": loader.name}
+        if isinstance(loader, GeneratedLoader):
+            manifest.update(loader.generate(params, sizes, seed, builder))
+        else:
+            if source_folder is not None:
+                manifest["source"] = str(source_folder.resolve())
+                manifest["source_fingerprint"] = fingerprint(loader.source_files(source_folder, params))
+            manifest.update(loader.prepare(params, source_folder, builder))
+        builder.finish(manifest)
+    except BaseException:
+        builder.abort()
+        raise
+    opened = open_prepared(folder, identity)
+    assert isinstance(opened, tuple), opened
+    return opened
+
+
+def prepare(data_cfg: Mapping, *, sizes: Mapping[str, int] | None = None, seed: int = 0,
+            force: bool = False) -> tuple[Path, dict]:
+    """Prepare (or generate) a task's arrays now; returns (folder, manifest). Used by `python -m lra.data`."""
+    loader, common, params = parse(data_cfg, LOADERS)
+    sizes = check_sizes(sizes) if sizes is not None else None
+    if isinstance(loader, GeneratedLoader) and sizes is None:
+        raise ConfigError("dataset", None, "a generated task needs sample counts", "give dataset sizes")
+    manifest, _ = _prepared(loader, common, params, sizes or {}, seed, force=force)
+    return prepared_folder(loader, common.root, params, sizes or {}, seed), manifest
+
+
+__all__ = ["Split", "LOADERS", "sequence_length", "check_data_config", "load_splits", "task_info", "prepare"]

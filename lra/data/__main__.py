@@ -1,0 +1,128 @@
+"""`python -m lra.data`: prepare a task's arrays from the release files, or generate a generated task.
+
+    python -m lra.data tasks
+    python -m lra.data prepare text --source ~/lra_release/aclImdb [--root data]
+    python -m lra.data generate listops [--root data] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from lra.errors import ConfigError
+
+EPILOG = """examples:
+  python -m lra.data tasks                                           list the tasks and what they need
+  python -m lra.data prepare listops-release --source lra_release/listops-1000
+  python -m lra.data prepare text --source aclImdb                   (aclImdb_v1.tar.gz, extracted)
+  python -m lra.data prepare retrieval --source lra_release/tsv_data
+  python -m lra.data prepare image --source cifar-10-batches-bin     (cifar-10-binary.tar.gz, extracted)
+  python -m lra.data prepare pathfinder32 --source lra_release/pathfinder32 --set difficulty=easy
+  python -m lra.data prepare image-small                             (the digits ship with scikit-learn)
+  python -m lra.data generate listops                                (96000/2000/2000, as LRA's generator)
+  python -m lra.data generate pathfinder-small --train 2000
+
+Prepared arrays go to <root>/<loader>/<hash of the parameters>/ with a manifest.json; a training run with the
+same `data` config finds them there (data.root, default `data`)."""
+
+
+def _value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _data_config(args) -> dict:
+    from lra.data.tasks import TASKS
+
+    data = dict(TASKS[args.task]["data"])
+    data["root"] = args.root
+    if getattr(args, "source", None):
+        data["source"] = args.source
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", item, "is not KEY=VALUE", "write e.g. --set max_length=1000")
+        data[key.removeprefix("data.")] = _value(value)
+    return data
+
+
+def _run(args, sizes=None, seed: int = 0) -> int:
+    from lra.data import LOADERS, prepare
+    from lra.data.base import GeneratedLoader
+
+    data = _data_config(args)
+    loader = LOADERS.get(data["loader"])
+    if isinstance(loader, GeneratedLoader) and sizes is None:
+        from lra.data.tasks import TASKS
+
+        sizes = dict(TASKS[args.task]["dataset"])
+    started = time.time()
+    folder, manifest = prepare(data, sizes=sizes, seed=seed, force=args.force)
+    seconds = time.time() - started
+    print(f"{args.task}: {folder} ({seconds:.1f} s; {folder}/manifest.json has the details)")
+    for key in ("source", "skipped_empty_images"):
+        if key in manifest:
+            print(f"  {key}: {manifest[key]}")
+    for split, info in manifest.get("splits", {}).items():
+        print(f"  {split}: {json.dumps(info, sort_keys=True)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lra.data.tasks import TASKS
+
+    parser = argparse.ArgumentParser(prog="python -m lra.data", description=__doc__.split("\n")[0],
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("tasks", help="list the tasks, their data nodes, sample counts and model sizes")
+
+    for name, help_text in (("prepare", "prepare a task's arrays from its release files (once)"),
+                            ("generate", "generate a generated task's arrays now (else the first run does)")):
+        sub = commands.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  epilog=EPILOG)
+        sub.add_argument("task", choices=sorted(TASKS), metavar="TASK", help=f"one of: {', '.join(sorted(TASKS))}")
+        sub.add_argument("--root", default="data", help="folder of prepared arrays (data.root; default: data)")
+        sub.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override one parameter of the task's data node (repeatable), e.g. max_length=1000")
+        sub.add_argument("--force", action="store_true", help="prepare again even if matching arrays exist")
+        if name == "prepare":
+            sub.add_argument("--source", help="the folder with the release files (data.source)")
+        else:
+            sub.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+            for split in ("train", "dev", "test"):
+                sub.add_argument(f"--{split}", type=int, help=f"samples in {split} (default: the task's)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "tasks":
+            for task, spec in TASKS.items():
+                print(f"{task}:\n  data: {json.dumps(spec['data'])}\n  dataset: {json.dumps(spec['dataset'])}"
+                      f"\n  model: {json.dumps(spec['model'])}")
+            return 0
+        if args.command == "prepare":
+            return _run(args)
+        sizes = dict(TASKS[args.task]["dataset"])
+        for split in ("train", "dev", "test"):
+            if getattr(args, split) is not None:
+                sizes[split] = getattr(args, split)
+        return _run(args, sizes=sizes, seed=args.seed)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
