@@ -200,7 +200,8 @@ def _fit(cfg, model, optimizer, scheduler, scaler, splits, progress: Progress, t
     while progress.epoch < t.num_epochs and progress.global_step < total_steps:
         order = epoch_order(len(splits["train"]), t.seed, progress.epoch)
         bar = tqdm(total=steps_per_epoch, initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}",
-                   file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False)
+                   file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False,
+                   disable=None)  # None: shown on a terminal, silent in logs
         tic = time.perf_counter()
         for batch in iterate_batches(splits["train"], t.batch_size, order=order, start=progress.batch_in_epoch,
                                      limit=limit):

@@ -1,0 +1,56 @@
+"""Every impossible config fails before training with one line naming the key, the value and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from helpers import TINY, launch
+
+pytestmark = pytest.mark.slow
+
+CASES = {
+    # id: (overrides, words the error line must contain)
+    "misspelt key": (["+training.batchsize=8"], ["training.batchsize", "did you mean training.batch_size"]),
+    "wrong type": (["training.batch_size=abc"], ["training.batch_size", "'abc'", "type int"]),
+    "unknown attention name": (["attention.name=flash"], ["attention.name", "'flash'", "softmax", "tpr"]),
+    "unknown attention option": (["+attention.scale=3"], ["attention.scale", "not an option"]),
+    "unknown scheduler": (["training.lr_scheduler=step"], ["training.lr_scheduler", "'step'", "exp_decay, linear"]),
+    "unknown pooling mode": (["model.pooling_mode=MAX"], ["model.pooling_mode", "'MAX'", "MEAN, CLS"]),
+    "chunk of zero": (["gpu_memory.softmax=0"], ["gpu_memory.softmax", "=0", "positive integer"]),
+    "fractional chunk": (["gpu_memory.softmax=2.5"], ["gpu_memory.softmax", "2.5", "positive integer"]),
+    "empty dataset": (["dataset.train=0"], ["dataset.train", "=0", "at least 1"]),
+    "fp16 on cpu": (["training.mixed_precision=fp16"], ["training.mixed_precision", "fp16", "bf16"]),
+    "cuda without gpu": (["hardware.device=cuda"], ["hardware.device", "'cuda'", "hardware.device=cpu"]),
+    "sequence longer than max_seq_len": (["model.max_seq_len=50"], ["model.max_seq_len", "=50", "data.truncate=true"]),
+    "cls needs one more position": (["model.pooling_mode=CLS", "model.max_seq_len=128"],
+                                    ["model.max_seq_len", "CLS", "model.max_seq_len=129"]),
+    "bad objective": (["sweep.objective=accuracy"], ["sweep.objective", "eval_accuracy"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_fails_before_training(tmp_path: Path, case: str) -> None:
+    overrides, words = CASES[case]
+    result = launch(tmp_path, *TINY, *overrides)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists(), "no run may start for a bad config"
+    assert not (tmp_path / "data").exists(), "no data may be read or generated for a bad config"
+
+
+@pytest.mark.parametrize("override, words", [
+    ("task=nope", ["task", "nope", "listops-small"]),
+    ("attention=nope", ["attention", "nope", "softmax"]),
+    ("scheduler=nope", ["scheduler", "nope", "cos"]),
+    ("training.batchsize=8", ["training.batchsize", "not in struct"]),
+])
+def test_unknown_group_option_or_key_is_refused_by_hydra(tmp_path: Path, override: str, words: list[str]) -> None:
+    result = launch(tmp_path, *TINY, override)
+    assert result.returncode != 0
+    for word in words:
+        assert word in result.stderr, (word, result.stderr[-1500:])
+    assert not (tmp_path / "mlflow.db").exists()

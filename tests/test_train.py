@@ -1,0 +1,66 @@
+"""End-to-end runs of `launch.py` and of `train(cfg)`: tracking, determinism, divergence."""
+
+import math
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from helpers import TINY, launch
+
+pytestmark = pytest.mark.slow
+
+METRICS = {"train_loss", "train_accuracy", "lr", "eval_loss", "eval_accuracy", "test_accuracy",
+           "samples_per_second", "peak_memory_mb"}
+
+
+def _runs(tmp: Path, experiment: str = "listops-small"):
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment}"
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_one_run_lands_finished_with_tags_params_metrics_and_config(tmp_path: Path) -> None:
+    result = launch(tmp_path, *TINY, "attention=tpr")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, runs = _runs(tmp_path)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["attention"] == "tpr" and run.data.tags["task"] == "listops-small"
+    assert METRICS <= set(run.data.metrics), set(run.data.metrics)
+    assert run.data.params["training.batch_size"] == "16"
+    assert run.data.params["gpu_memory.tpr"] == "32"
+    assert run.data.params["model.max_seq_len"] == "128"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert len(history) >= 3 and all(math.isfinite(m.value) for m in history)  # per step, every log_every
+    assert len(client.get_metric_history(run.info.run_id, "eval_accuracy")) == 2  # once per epoch
+    config = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+    assert "attention:\n  name: tpr" in config
+    assert run.info.run_id in result.stdout and "mlflow server --backend-store-uri" in result.stdout
+
+
+def test_divergence_ends_the_run_failed_with_the_step_logged(tmp_path: Path) -> None:
+    result = launch(tmp_path, *TINY, "training.debug_nan_at_step=3")
+    assert result.returncode != 0
+    assert "non-finite loss nan at step 3" in result.stderr
+    client, runs = _runs(tmp_path)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    losses = client.get_metric_history(runs[0].info.run_id, "train_loss")
+    assert any(m.step == 3 and math.isnan(m.value) for m in losses)
+
+
+def test_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path: Path) -> None:
+    from lra.train import train
+    from train_helpers import compose
+
+    base = [*TINY, f"data.root={tmp_path / 'data'}", f"checkpoint.dir={tmp_path / 'ck'}",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "checkpoint.resume=false"]
+    first = train(compose(base))
+    second = train(compose(base))
+    other = train(compose([*base, "training.seed=1"]))
+    for key in ("test_accuracy", "test_loss", "eval_accuracy"):
+        assert first[key] == second[key]
+    assert first["test_loss"] != other["test_loss"]
