@@ -124,7 +124,14 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
     opened = open_prepared(folder, identity) if not force else "asked to prepare again"
     source_folder = None
     if isinstance(loader, ReleaseLoader) and not loader.builtin and common.source is not None:
-        source_folder = loader.locate(Path(common.source), params)
+        try:
+            source_folder = loader.locate(Path(common.source), params)
+        except ConfigError as error:
+            from lra.data.tasks import prepare_command
+
+            command = prepare_command(loader.name, params, common.root)
+            raise ConfigError(error.key, error.value, error.problem, f"{error.fix}; then run `{command}` (or "
+                                                                     "set data.source to that folder)") from None
         if isinstance(opened, tuple):
             now = fingerprint(loader.source_files(source_folder, params))
             if opened[0].get("source_fingerprint") != now:

@@ -34,6 +34,7 @@ OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 OP_IDS = np.array([TOKEN_ID[op] for op in OPERATORS], dtype=np.uint8)
 DIGIT_IDS = np.array([TOKEN_ID[str(v)] for v in range(10)], dtype=np.uint8)
 CLOSE_ID = TOKEN_ID["X"]
+PARALLEL_MIN = 2000  # smaller sets are drawn in this process (a pool costs more than it saves)
 VALUE_P = 0.25  # LRA: `r = random.random(); if r > VALUE_P: leaf` -> an operator with probability 0.25
 _TRANSLATE = {ord("]"): "X", ord("("): None, ord(")"): None}
 
@@ -202,11 +203,11 @@ def generate(n: int, *, max_depth: int, max_args: int, min_length: int, max_leng
     chunk = 0
     drawn = 0
     executor = None
-    if workers > 1 and n > 2000:
+    if workers > 1 and n > PARALLEL_MIN:
         executor = ProcessPoolExecutor(workers, mp_context=get_context("fork"))
     try:
         while filled < n:
-            wave = [(seed, chunk + i, chunk_trees) + params for i in range(workers if executor else 1)]
+            wave = [(seed, chunk + i, chunk_trees) + params for i in range(4 * workers if executor else 1)]
             chunk += len(wave)
             results = executor.map(_generate_chunk, wave) if executor else map(_generate_chunk, wave)
             for tokens, lengths, labels in results:
