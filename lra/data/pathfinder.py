@@ -63,16 +63,15 @@ def read_metadata(path: Path) -> list[tuple[int, str, str, int]]:
     return out
 
 
-def decode_png(data: bytes, resolution: int) -> np.ndarray:
+def decode_png(data: bytes) -> np.ndarray:
+    """A PNG's pixels as a (height, width) uint8 gray image."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        if img.size != (resolution, resolution):
-            raise ValueError(f"is {img.size[0]}x{img.size[1]}, expected {resolution}x{resolution}")
         if img.mode != "L":
             img = img.convert("L")
-        return np.asarray(img, dtype=np.uint8).reshape(-1)
+        return np.asarray(img, dtype=np.uint8)
 
 
 class Pathfinder(ReleaseLoader):
@@ -140,10 +139,13 @@ class Pathfinder(ReleaseLoader):
             data = image.read_bytes()
             hasher.add(str(image.relative_to(folder)), data)
             try:
-                pixels = decode_png(data, p.resolution)
+                pixels = decode_png(data)
             except Exception as error:  # PIL raises several types for a corrupt PNG
                 raise DataFileError(meta, number, f"image {image} cannot be read as a PNG: {error}") from None
-            tokens[slot[i]] = pixels.astype(np.int16) + 1
+            if pixels.shape != (p.resolution, p.resolution):
+                raise DataFileError(meta, number, f"image {image} is {pixels.shape[1]}x{pixels.shape[0]}, expected "
+                                    f"{p.resolution}x{p.resolution} (data.resolution)")
+            tokens[slot[i]] = pixels.reshape(-1).astype(np.int16) + 1
             labels[slot[i]] = label
         builder.save("all.labels", labels)
         parts = split_80_10_10(n)
