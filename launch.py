@@ -12,9 +12,12 @@ from lra.errors import ConfigError
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Train one model; return the metric a sweeper optimises (sweep.objective)."""
-    from lra.train import train  # imported here so that --help and --cfg stay fast
+    from lra.config import validate
 
     try:
+        validate(cfg)  # before the heavier imports below: a bad config fails fast
+        from lra.train import train  # imported here so that --help and --cfg stay fast
+
         metrics = train(cfg)
     except ConfigError as error:
         if _is_multirun():

@@ -21,10 +21,8 @@ SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
 POOLING_MODES = ("MEAN", "CLS")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
-METRICS = (
-    "train_loss", "train_accuracy", "lr", "eval_loss", "eval_accuracy", "test_accuracy", "test_loss",
-    "samples_per_second", "peak_memory_mb",
-)
+# What train() returns, so what a sweep may optimise: eval_* are the values of the best-dev epoch.
+OBJECTIVES = ("eval_accuracy", "eval_loss", "test_accuracy", "test_loss", "samples_per_second", "peak_memory_mb")
 
 
 @dataclass
@@ -245,7 +243,7 @@ def validate(cfg: DictConfig) -> DictConfig:
                           "fp16 autocast is not supported on the CPU",
                           "use training.mixed_precision=bf16 (or false) on a CPU")
 
-    _choice("sweep.objective", typed.sweep.objective, METRICS)
+    _choice("sweep.objective", typed.sweep.objective, OBJECTIVES)
 
     check_data_config(typed.data)
     length = sequence_length(typed.data) + (1 if model.pooling_mode == "CLS" else 0)

@@ -44,6 +44,7 @@ class Progress:
     batch_in_epoch: int = 0  # batches of that epoch already applied
     global_step: int = 0
     best_eval_accuracy: float = -1.0
+    best_eval_loss: float = math.inf
     best_epoch: int = -1
     train_seconds: float = 0.0
     train_samples: int = 0
@@ -171,11 +172,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
                         autocast=autocast, limit=limit)
         metrics = {
             "test_accuracy": test.accuracy, "test_loss": test.loss,
-            "eval_accuracy": progress.best_eval_accuracy,
+            "best_eval_accuracy": progress.best_eval_accuracy,
             "samples_per_second": progress.train_samples / max(progress.train_seconds, 1e-9),
             "peak_memory_mb": peak_memory_mb(device),
         }
         tracker.log_metrics(metrics, step=progress.global_step)
+        # a sweep's objective: eval_* are the best-dev epoch's values (the weights that were tested)
+        metrics.update(eval_accuracy=progress.best_eval_accuracy, eval_loss=progress.best_eval_loss)
         progress.completed = True
         save_last()
     except BaseException as error:
@@ -259,12 +262,14 @@ def _end_epoch(cfg, model, splits, progress: Progress, tracker: RunTracker, stor
     log.info("epoch %d: train loss %.4f acc %.4f | dev loss %.4f acc %.4f", progress.epoch + 1, epoch_train.loss,
              epoch_train.accuracy, dev.loss, dev.accuracy)
     if dev.accuracy > progress.best_eval_accuracy:
-        progress.best_eval_accuracy, progress.best_epoch = dev.accuracy, progress.epoch
+        progress.best_eval_accuracy, progress.best_eval_loss = dev.accuracy, dev.loss
+        progress.best_epoch = progress.epoch
         store.save_best(model.state_dict())
     progress.epoch += 1
     progress.batch_in_epoch = 0
     progress.epoch_loss_sum, progress.epoch_correct, progress.epoch_count = 0.0, 0, 0
-    if trial is not None and trial.report(progress.epoch, dev.accuracy):
+    objective = {"eval_accuracy": dev.accuracy, "eval_loss": dev.loss}.get(cfg.sweep.objective, dev.accuracy)
+    if trial is not None and trial.report(progress.epoch, objective):
         import optuna
 
         raise optuna.TrialPruned(f"pruned after epoch {progress.epoch}")

@@ -37,7 +37,10 @@ def test_one_run_lands_finished_with_tags_params_metrics_and_config(tmp_path: Pa
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert len(history) >= 3 and all(math.isfinite(m.value) for m in history)  # per step, every log_every
     assert len(client.get_metric_history(run.info.run_id, "eval_accuracy")) == 2  # once per epoch
-    config = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config.yaml")
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="config.yaml",
+                                               dst_path=str(tmp_path / "got"),
+                                               tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    config = Path(path).read_text()
     assert "attention:\n  name: tpr" in config
     assert run.info.run_id in result.stdout and "mlflow server --backend-store-uri" in result.stdout
 
