@@ -33,6 +33,7 @@ from lra.data.params import require
 from lra.data.store import Builder, label_histogram
 
 AA = 2  # drawn at 2x, pooled 2x2
+CHUNK = 256  # images per job of the process pool
 N_ORIENT = 72  # 5 degree steps
 STEP = 2 * math.pi / N_ORIENT
 HALO = 0.6  # occupancy halo beyond the line, in margins (snakes2 lets the anti-aliased mask edges overlap)
@@ -318,7 +319,7 @@ def generate_images(p: SnakeParams, n: int, seed: int, split_id: int = 0, worker
     if out is None:
         out = np.empty((n, p.resolution * p.resolution), dtype=np.uint8)
     workers = workers or min(os.cpu_count() or 1, 8)
-    chunk = 256
+    chunk = CHUNK
     jobs = [(p, seed, split_id, labels[s: s + chunk], s) for s in range(0, n, chunk)]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as executor:
@@ -342,23 +343,23 @@ class PathfinderGenerated(GeneratedLoader):
         return p.resolution * p.resolution
 
     def check(self, p: SnakeParams) -> None:
-        require(8 <= p.resolution <= 256, "data.resolution", p.resolution, "must be in 8..256", "LRA: 32")
-        require(p.contour_length >= 1, "data.contour_length", p.contour_length, "must be >= 1", "LRA: 14")
+        require(8 <= p.resolution <= 256, "data.resolution", p.resolution, "must be in 8..256", "LRA uses 32")
+        require(p.contour_length >= 1, "data.contour_length", p.contour_length, "must be >= 1", "LRA uses 14")
         require(p.distractor_length >= 1, "data.distractor_length", p.distractor_length, "must be >= 1",
-                "LRA: contour_length // 3")
+                "LRA uses contour_length // 3")
         require(p.num_distractor_snakes >= 0, "data.num_distractor_snakes", p.num_distractor_snakes,
-                "must be >= 0", "LRA: 20 // distractor_length")
-        require(p.paddle_length >= 1, "data.paddle_length", p.paddle_length, "must be >= 1", "LRA: 2")
+                "must be >= 0", "LRA uses 20 // distractor_length")
+        require(p.paddle_length >= 1, "data.paddle_length", p.paddle_length, "must be >= 1", "LRA uses 2")
         require(0 < p.paddle_thickness <= 4 and (p.paddle_thickness * AA) % 1 == 0, "data.paddle_thickness",
-                p.paddle_thickness, "must be a positive multiple of 0.5, at most 4", "LRA: 0.5")
-        require(p.paddle_margin >= 1, "data.paddle_margin", p.paddle_margin, "must be >= 1", "LRA: 1")
+                p.paddle_thickness, "must be a positive multiple of 0.5, at most 4", "LRA uses 0.5")
+        require(p.paddle_margin >= 1, "data.paddle_margin", p.paddle_margin, "must be >= 1", "LRA uses 1")
         require(0.5 <= p.marker_radius <= p.resolution / 4, "data.marker_radius", p.marker_radius,
-                "must be in 0.5..resolution/4", "LRA: 1.5")
+                "must be in 0.5..resolution/4", "LRA uses 1.5")
         require(1 <= p.seed_distance < p.resolution // 2, "data.seed_distance", p.seed_distance,
-                "must be in 1..resolution/2", "LRA: 7")
-        require(0.0 < p.continuity <= 4.0, "data.continuity", p.continuity, "must be in (0, 4]", "LRA: 1.0")
+                "must be in 1..resolution/2", "LRA uses 7")
+        require(0.0 < p.continuity <= 4.0, "data.continuity", p.continuity, "must be in (0, 4]", "LRA uses 1.0")
         require(0 <= p.padding < p.resolution // 4, "data.padding", p.padding, "must be in 0..resolution/4",
-                "LRA: 1")
+                "LRA uses 1")
 
     def generate(self, p: SnakeParams, sizes: dict[str, int], seed: int, builder: Builder) -> dict:
         info = {}
