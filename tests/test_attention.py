@@ -228,7 +228,8 @@ def test_matches_naive_reference(name, H, dtype):
         y = build_attention(name, 2, H, **exact_options(name, **opts))(q.to(dtype), k.to(dtype), v.to(dtype), mask)
         assert y.dtype == dtype and y.shape == v.shape
         tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
-        assert torch.allclose(y.double()[real], expected[real], **tol), (opts, (y.double() - expected)[real].abs().max())
+        err = (y.double() - expected)[real].abs().max()
+        assert torch.allclose(y.double()[real], expected[real], **tol), (opts, err)
 
 
 # ---------------------------------------------------------------- contract
@@ -323,10 +324,11 @@ def test_bf16_inputs_under_autocast(name):
 
 
 # ---------------------------------------------------------------- hrr-individual: blocked == plain
+@pytest.mark.parametrize("lengths", [[37, 20], [37, 37], [1, 0]])  # padded keys, none, a fully padded row
 @pytest.mark.parametrize("H", [8, 7])
-def test_individual_blocked_matches_plain_values_and_grads(H):
+def test_individual_blocked_matches_plain_values_and_grads(H, lengths):
     B, h, T = 2, 3, 37
-    mask = lengths_mask([37, 20], T)
+    mask = lengths_mask(lengths, T)
     results = []
     for block_size in (0, 8, 64):
         torch.manual_seed(0)

@@ -31,21 +31,26 @@ def large_negative(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min
 
 
+def attendable(mask: Tensor) -> Tensor:
+    """The keys a query may attend to: the real tokens, or every token of a sequence with none.
+
+    No softmax row then sees only large negatives (some SDPA backends return NaN for an all-False row,
+    and a row of equal huge negatives loses its scores to rounding). The outputs of a sequence with no
+    real token are padding and never read.
+    """
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
 def key_bias(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """Additive bias (B, 1, 1, T): 0 at real tokens, a large negative number at padding."""
+    """Additive bias (B, 1, 1, T): 0 at attendable keys, a large negative number at padding."""
     zero = torch.zeros((), dtype=dtype, device=mask.device)
     neg = torch.full((), large_negative(dtype), dtype=dtype, device=mask.device)
-    return torch.where(mask, zero, neg)[:, None, None, :]
+    return torch.where(attendable(mask), zero, neg)[:, None, None, :]
 
 
 def sdpa_key_mask(mask: Tensor) -> Tensor:
-    """Bool key mask (B, 1, 1, T) for scaled_dot_product_attention.
-
-    A sequence with no real token attends to everything instead of nothing, so no backend ever
-    sees an all-False row (some return NaN for it); its outputs are padding and never read.
-    """
-    mask = mask | ~mask.any(dim=-1, keepdim=True)
-    return mask[:, None, None, :]
+    """Bool key mask (B, 1, 1, T) for scaled_dot_product_attention."""
+    return attendable(mask)[:, None, None, :]
 
 
 def row_normalise(x: Tensor, eps: float) -> Tensor:

@@ -1,6 +1,7 @@
 """hrr-bundled: the Hrrformer (Alam et al., ICML 2023, arXiv:2305.19534), with two corrections.
 
-  β = Σ_j m_j (k_j ⊛ v_j);  v̂_i = q_i† ⊛ β;  a_i = s·cos(v̂_i, v_i) + b_i;  w = softmax over tokens i;  y_i = w_i v_i
+  β = Σ_j m_j (k_j ⊛ v_j);  v̂_i = q_i† ⊛ β;  a_i = s·cos(v̂_i, v_i) + b_i;
+  w = softmax over tokens i;  y_i = w_i v_i
 Corrections to the released code: padding is masked out of the bundle β (the bindings are masked,
 never v, since cos(·, 0) is 0/0), and the cosine has an eps per vector. s = 1 reproduces the paper.
 Its effective attention matrix is diagonal: it gates each token's own value.

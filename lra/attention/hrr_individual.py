@@ -23,15 +23,17 @@ from lra.errors import ConfigError
 def _features(q: Tensor, k: Tensor, v: Tensor, scale: Tensor, eps: float) -> tuple[Tensor, ...]:
     """Query and key features whose products give the scores. All (B, h, T, .)."""
     H = q.shape[-1]
-    qf, kf, vf = hrr.spectrum(q), hrr.spectrum(k), hrr.spectrum(v)  # (B, h, T, F) complex
+    # real and imaginary parts side by side, (B, h, T, 2F): [Re X̂_f..., Im X̂_f...]
+    qf, kf, vf = (torch.view_as_real(hrr.spectrum(x)).transpose(-1, -2).flatten(-2) for x in (q, k, v))
+    F = H // 2 + 1
+    power = lambda xf: xf[..., :F].square() + xf[..., F:].square()  # noqa: E731  |X̂_f|², (B, h, T, F)
     weight = hrr.parseval_weights(H, q.dtype, q.device) / H  # (F,)
-    v_power = vf.real.square() + vf.imag.square()  # |V̂|², (B, h, T, F)
+    v_power = power(vf)
     v_norm = torch.sqrt(v.square().sum(-1, keepdim=True) + eps * eps)  # |v_j|_eps, (B, h, T, 1)
-    key_weight = weight * v_power / v_norm
-    q_num = scale * torch.cat([qf.real, qf.imag], dim=-1)  # (B, h, T, 2F), s folded in
-    k_num = torch.cat([kf.real * key_weight, kf.imag * key_weight], dim=-1)  # (B, h, T, 2F)
-    q_den = qf.real.square() + qf.imag.square()  # |Q̂|², (B, h, T, F)
-    k_den = weight * (kf.real.square() + kf.imag.square()) * v_power  # (B, h, T, F)
+    q_num = scale * qf  # s folded in
+    k_num = kf * (weight * v_power / v_norm).repeat(1, 1, 1, 2)  # ω_f |V̂_jf|² / (H |v_j|_eps) on Re and Im
+    q_den = power(qf)  # |Q̂|²
+    k_den = weight * power(kf) * v_power
     return q_num, k_num, q_den, k_den
 
 
@@ -44,19 +46,29 @@ def scores_softmax_values_plain(q_num, k_num, q_den, k_den, bias, v, eps: float)
 
 
 class _ScoresSoftmaxValues(torch.autograd.Function):
-    """The same map as `scores_softmax_values_plain`, blocked over queries with recomputation."""
+    """The same map as `scores_softmax_values_plain`, blocked over queries with recomputation.
+
+    Saves its inputs, y and the row log-sum-exp; the backward pass recomputes each block's scores.
+    `bias` is None when no key is padded (one pass less per block). In-place ops keep each block to
+    one or two live (B, h, block, T) buffers.
+    """
 
     @staticmethod
     def forward(ctx, q_num, k_num, q_den, k_den, bias, v, eps: float, block: int):
         T = q_num.shape[-2]
         y = v.new_empty(*q_num.shape[:-1], v.shape[-1])  # (B, h, T, H)
-        lse = v.new_empty(q_num.shape[:-1])  # (B, h, T)
+        lse = v.new_empty(*q_num.shape[:-1], 1)  # (B, h, T, 1)
         for i in range(0, T, block):
             sl = slice(i, i + block)
-            scores = _block_scores(q_num[..., sl, :], k_num, q_den[..., sl, :], k_den, bias, eps)  # (B, h, b, T)
-            lse[..., sl] = torch.logsumexp(scores, dim=-1)
-            probs = scores.sub_(lse[..., sl, None]).exp_()
-            y[..., sl, :] = probs @ v
+            r = _inv_norm(q_den[..., sl, :], k_den, eps)  # (B, h, b, T)
+            scores = (q_num[..., sl, :] @ k_num.transpose(-1, -2)).mul_(r)  # s·cos
+            if bias is not None:
+                scores.add_(bias)
+            top = scores.amax(dim=-1, keepdim=True)
+            probs = scores.sub_(top).exp_()  # unnormalised
+            total = probs.sum(dim=-1, keepdim=True)
+            y[..., sl, :] = (probs @ v).div_(total)
+            lse[..., sl, :] = top + total.log()
         ctx.save_for_backward(q_num, k_num, q_den, k_den, bias, v, y, lse)
         ctx.eps, ctx.block = eps, block
         return y
@@ -71,34 +83,35 @@ class _ScoresSoftmaxValues(torch.autograd.Function):
         delta = (dy * y).sum(-1, keepdim=True)  # (B, h, T, 1): Σ_j P_ij dP_ij
         for i in range(0, T, block):
             sl = slice(i, i + block)
-            num = q_num[..., sl, :] @ k_num.transpose(-1, -2)  # (B, h, b, T)
-            r = torch.rsqrt(q_den[..., sl, :] @ k_den.transpose(-1, -2) + eps * eps)  # (B, h, b, T)
-            probs = torch.addcmul(bias, num, r).sub_(lse[..., sl, None]).exp_()  # P
+            r = _inv_norm(q_den[..., sl, :], k_den, eps)  # (B, h, b, T): rsqrt(|v̂_ij|² + eps²)
+            cos = (q_num[..., sl, :] @ k_num.transpose(-1, -2)).mul_(r)  # num ⊙ r = s·cos
+            # P, rounded as in the forward pass: (s·cos + b) - lse
+            probs = torch.sub(cos, lse[..., sl, :]) if bias is None else torch.add(cos, bias).sub_(lse[..., sl, :])
+            probs.exp_()
             dv += probs.transpose(-1, -2) @ dy[..., sl, :]
-            d_scores = (dy[..., sl, :] @ v.transpose(-1, -2)).sub_(delta[..., sl, :]).mul_(probs)  # dS
-            d_num = d_scores.mul_(r)  # dS ⊙ r
-            d_den = num.mul_(d_num).mul_(r).mul_(r).mul_(-0.5)  # dS ⊙ num ⊙ (-r³ / 2)
+            d_num = (dy[..., sl, :] @ v.transpose(-1, -2)).sub_(delta[..., sl, :]).mul_(probs).mul_(r)  # dS ⊙ r
+            del probs
+            d_den = cos.mul_(d_num).mul_(r)  # dS ⊙ num ⊙ r³, times -1/2 below
             dq_num[..., sl, :] = d_num @ k_num
             dk_num += d_num.transpose(-1, -2) @ q_num[..., sl, :]
-            dq_den[..., sl, :] = d_den @ k_den
-            dk_den += d_den.transpose(-1, -2) @ q_den[..., sl, :]
+            dq_den[..., sl, :] = (d_den @ k_den).mul_(-0.5)
+            dk_den.add_(d_den.transpose(-1, -2) @ q_den[..., sl, :], alpha=-0.5)
         return dq_num, dk_num, dq_den, dk_den, None, dv, None, None
 
 
-def _block_scores(q_num, k_num, q_den, k_den, bias, eps: float) -> Tensor:
-    num = q_num @ k_num.transpose(-1, -2)
-    r = (q_den @ k_den.transpose(-1, -2)).add_(eps * eps).rsqrt_()
-    return torch.addcmul(bias, num, r)
+def _inv_norm(q_den: Tensor, k_den: Tensor, eps: float) -> Tensor:
+    """rsqrt(|v̂_ij|² + eps²) for a block of queries, in place on the GEMM's output."""
+    return (q_den @ k_den.transpose(-1, -2)).add_(eps * eps).rsqrt_()
 
 
 class HRRIndividualAttention(nn.Module):
     def __init__(self, num_heads: int, head_dim: int, *, scale_init: float = 10.0, learn_scale: bool = True,
-                 eps: float = 1e-6, block_size: int = 256) -> None:
+                 eps: float = 1e-6, block_size: int = 128) -> None:
         super().__init__()
         check_positive("eps", eps)
-        if not (isinstance(block_size, int) and block_size >= 0):
+        if isinstance(block_size, bool) or not (isinstance(block_size, int) and block_size >= 0):
             raise ConfigError(key="attention.block_size", value=block_size, problem="must be an int >= 0",
-                              fix="queries per block (e.g. 256), or 0 for the plain autograd form")
+                              fix="queries per block (default 128), or 0 for the plain autograd form")
         self.num_heads, self.head_dim, self.eps, self.block_size = num_heads, head_dim, eps, block_size
         self.scale = CosineScale(num_heads, scale_init, learn_scale)
 
@@ -110,5 +123,6 @@ class HRRIndividualAttention(nn.Module):
             if self.block_size == 0:
                 y = scores_softmax_values_plain(*features, bias, v32, self.eps)
             else:
+                bias = None if bool(mask.all()) else bias
                 y = _ScoresSoftmaxValues.apply(*features, bias, v32, self.eps, self.block_size)
         return y.to(v.dtype)
