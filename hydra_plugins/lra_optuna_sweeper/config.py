@@ -49,7 +49,7 @@ class NopPrunerConf:
 class MedianPrunerConf:
     _target_: str = "optuna.pruners.MedianPruner"
     n_startup_trials: int = 5   # no pruning until this many trials have finished
-    n_warmup_steps: int = 1     # nor before this many epochs of a trial
+    n_warmup_steps: int = 1     # nor before this epoch (jobs report epochs 1, 2, ...)
     interval_steps: int = 1
     n_min_trials: int = 1
 
