@@ -23,10 +23,11 @@ def test_every_task_preset_is_valid_and_consistent(task):
     ({}, r"data\.loader=None: no loader named; fix: set data.loader to one of: image, image-digits, listops"),
     ({"loader": "listop"}, r"data\.loader='listop': unknown loader; fix: did you mean 'listops'\?"),
     ({"loader": "text", "max_lenght": 10}, r"data\.max_lenght=10: unknown key for loader 'text'; fix: did you mean "
-                                           r"'max_length'\?.*known keys: dev_fraction, dev_split, loader, max_length"),
+                                           r"'max_length'\?.*known keys: dev_fraction, dev_split, in_memory, loader"),
     ({"loader": "text", "max_length": "4000"}, r"data\.max_length='4000': must be int, not str"),
     ({"loader": "text", "max_length": True}, r"data\.max_length=True: must be int, not bool"),
     ({"loader": "text", "truncate": 1}, r"data\.truncate=1: must be bool, not int"),
+    ({"loader": "text", "in_memory": "yes"}, r"data\.in_memory='yes': must be bool, not str"),
     ({"loader": "text", "root": None}, r"data\.root=None: must be a str, not null"),
     ({"loader": "text", "source": 3}, r"data\.source=3: must be str or null, not int"),
     ({"loader": "text", "max_length": 0}, r"data\.max_length=0: must be >= 1"),

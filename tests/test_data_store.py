@@ -73,6 +73,17 @@ def test_other_parameters_get_their_own_folder(tmp_path):
     assert len(list((tmp_path / "data" / "text").iterdir())) == 2
 
 
+def test_in_memory_or_memory_mapped(tmp_path):
+    cfg = data_cfg("image-digits", tmp_path)
+    in_ram = load_splits(cfg, {"train": 100, "dev": 10, "test": 10})
+    mapped = load_splits({**cfg, "in_memory": False}, {"train": 100, "dev": 10, "test": 10})
+    assert not isinstance(in_ram["train"].tokens, np.memmap) and in_ram["train"].tokens.flags.writeable
+    assert isinstance(mapped["train"].tokens, np.memmap) and not mapped["train"].tokens.flags.writeable
+    for split in ("train", "dev", "test"):
+        for field in ("tokens", "lengths", "labels"):
+            assert np.array_equal(getattr(in_ram[split], field), getattr(mapped[split], field))
+
+
 def test_split_batch_gives_int64_tensors(tmp_path):
     write_aan(tmp_path, {"train": [("1", "a", "b", b"abc", b"de"), ("0", "c", "d", b"f", b"ghij")],
                          "eval": [("1", "e", "f", b"x", b"y")], "test": [("0", "g", "h", b"z", b"w")]})

@@ -80,7 +80,8 @@ def task_info(data_cfg: Mapping) -> dict[str, int]:
 
 def load_splits(data_cfg: Mapping, sizes: Mapping[str, int], *, seed: int = 0) -> dict[str, Split]:
     """{"train", "dev", "test"}: the first `sizes[split]` samples of each split (generated tasks: that many drawn,
-    from `seed`). Prepares or generates the arrays on first use and caches them under `data.root`."""
+    from `seed`). Prepares or generates the arrays on first use and caches them under `data.root`; the samples
+    used are copied into memory unless `data.in_memory` is false (then they are read from the memory map)."""
     loader, common, params = parse(data_cfg, LOADERS)
     sizes = check_sizes(sizes)
     manifest, arrays = _prepared(loader, common, params, sizes, int(seed))
@@ -105,11 +106,12 @@ def load_splits(data_cfg: Mapping, sizes: Mapping[str, int], *, seed: int = 0) -
                                   f"length {T} (the longest has {int(np.max(longer[:n]))} tokens)",
                                   "set data.truncate=true to cut them (as LRA does), or raise data.max_length "
                                   "(and model.max_seq_len)")
-        tokens = fields["tokens"][:n]
-        assert tokens.shape[1] == T, (tokens.shape, T)
-        out[split] = Split(tokens=tokens, lengths=fields["lengths"][:n], labels=fields["labels"][:n],
-                           tokens2=fields["tokens2"][:n] if "tokens2" in fields else None,
-                           lengths2=fields["lengths2"][:n] if "lengths2" in fields else None)
+        take = (lambda a: np.array(a[:n])) if common.in_memory else (lambda a: a[:n])
+        assert fields["tokens"].shape[1] == T, (fields["tokens"].shape, T)
+        out[split] = Split(tokens=take(fields["tokens"]), lengths=take(fields["lengths"]),
+                           labels=take(fields["labels"]),
+                           tokens2=take(fields["tokens2"]) if "tokens2" in fields else None,
+                           lengths2=take(fields["lengths2"]) if "lengths2" in fields else None)
     return out
 
 

@@ -88,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("tasks", help="list the tasks, their data nodes, sample counts and model sizes")
+    bench = commands.add_parser("bench", help="time batch gathering per task (and, with --generators, the "
+                                              "Pathfinder generator)")
+    bench.add_argument("--tasks", nargs="*", help="tasks to time (default: all)")
+    bench.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    bench.add_argument("--seconds", type=float, default=2.0, help="time per task (default 2)")
+    bench.add_argument("--generators", action="store_true", help="also time the Pathfinder generator")
+    bench.add_argument("--images", type=int, default=1000, help="images per generator timing (default 1000)")
+    bench.add_argument("--workers", type=int, default=None, help="generator processes (default: all cores)")
+    bench.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
 
     for name, help_text in (("prepare", "prepare a task's arrays from its release files (once)"),
                             ("generate", "generate a generated task's arrays now (else the first run does)")):
@@ -112,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{task}:\n  data: {json.dumps(spec['data'])}\n  dataset: {json.dumps(spec['dataset'])}"
                       f"\n  model: {json.dumps(spec['model'])}")
             return 0
+        if args.command == "bench":
+            from lra.data.bench import main as bench_main
+
+            return bench_main(args)
         if args.command == "prepare":
             return _run(args)
         sizes = dict(TASKS[args.task]["dataset"])

@@ -1,0 +1,125 @@
+"""`python -m lra.data bench`: how fast batches come out of a Split, and how fast the generators draw.
+
+Batch gathering is timed on each task's real array shape and dtype (random tokens in a .npy under a temporary
+folder, so no release files are needed), both copied into memory and memory-mapped: random indices of one batch,
+sorted (as `lra.batches` does), gathered and converted to int64 torch tensors with masks, as the trainer does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# task -> (samples, length T, token dtype, two documents)
+SHAPES = {
+    "listops": (96000, 2000, np.uint8, False),
+    "listops-small": (10000, 128, np.uint8, False),
+    "listops-medium": (20000, 512, np.uint8, False),
+    "text": (25000, 4000, np.uint8, False),
+    "text-small": (5000, 512, np.uint8, False),
+    "retrieval": (147086, 4000, np.uint8, True),
+    "retrieval-small": (10000, 512, np.uint8, True),
+    "image": (45000, 1024, np.int16, False),
+    "image-small": (1437, 64, np.uint8, False),
+    "pathfinder32": (160000, 1024, np.int16, False),
+    "pathfinder-small": (10000, 256, np.int16, False),
+}
+
+
+def synthetic_split(folder: Path, n: int, T: int, dtype, dual: bool, rng: np.random.Generator):
+    from lra.data import Split
+
+    def tokens(name: str) -> np.ndarray:
+        arr = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=(n, T))
+        for start in range(0, n, 4096):
+            stop = min(n, start + 4096)
+            arr[start:stop] = rng.integers(1, 200, (stop - start, T), dtype=np.int64).astype(dtype)
+        arr.flush()
+        del arr
+        return np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+    lengths = rng.integers(T // 4, T + 1, n).astype(np.int32)
+    labels = rng.integers(0, 2, n).astype(np.int64)
+    if dual:
+        return Split(tokens("a"), lengths, labels, tokens("b"), lengths[::-1].copy())
+    return Split(tokens("a"), lengths, labels)
+
+
+def gather_rate(split, batch: int, seconds: float, rng: np.random.Generator, trainer: bool = False) -> float:
+    """Samples per second of gathering random batches: `Split.batch` (numpy gather, int64 tensors), or with
+    `trainer` the trainer's `lra.batches.make_batch` (also masks from lengths)."""
+    if trainer:
+        from lra.batches import make_batch as one
+    else:
+        def one(s, index):
+            return s.batch(np.sort(index))
+    n = len(split)
+    for _ in range(20):
+        one(split, rng.integers(0, n, batch))
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        one(split, rng.integers(0, n, batch))
+        done += batch
+    return done / (time.perf_counter() - start)
+
+
+def bench_gather(tasks: list[str], batch: int, seconds: float) -> list[tuple]:
+    """Per task: (task, shape, in memory, in memory through lra.batches (or None), memory-mapped) samples/s."""
+    from lra.data import Split
+
+    try:
+        import lra.batches  # noqa: F401  (the trainer's batching, when present)
+        trainer = True
+    except ImportError:
+        trainer = False
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            n, T, dtype, dual = SHAPES[task]
+            folder = Path(tmp) / task
+            folder.mkdir()
+            mapped_split = synthetic_split(folder, n, T, dtype, dual, rng)
+            mapped = gather_rate(mapped_split, batch, seconds / 2, rng)
+            split = Split(*(None if a is None else np.array(a) for a in (
+                mapped_split.tokens, mapped_split.lengths, mapped_split.labels, mapped_split.tokens2,
+                mapped_split.lengths2)))
+            rate = gather_rate(split, batch, seconds, rng)
+            through = gather_rate(split, batch, seconds, rng, trainer=True) if trainer else None
+            rows.append((task, f"{n}x{T}{'x2' if dual else ''} {np.dtype(dtype).name}", rate, through, mapped))
+            del split, mapped_split
+    return rows
+
+
+def bench_generators(images: int, workers: int | None) -> list[tuple[str, float]]:
+    from lra.data import snakes
+    from lra.data.tasks import TASKS
+
+    rows = []
+    for task in ("pathfinder32-generated", "pathfinder-small"):
+        p = snakes.SnakeParams(**{k: v for k, v in TASKS[task]["data"].items() if k != "loader"})
+        snakes.geometry(p)
+        start = time.perf_counter()
+        snakes.generate_images(p, images, seed=0, workers=workers)
+        rows.append((task, images / (time.perf_counter() - start)))
+    return rows
+
+
+def main(args) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.generators:
+        for task, rate in bench_generators(args.images, args.workers):
+            print(f"{task:24s} {rate:10.0f} images/s ({args.images} images, workers={args.workers or 'all cores'})")
+    tasks = args.tasks or list(SHAPES)
+    print(f"batch {args.batch}, samples/s (ms per batch); torch threads {torch.get_num_threads()}")
+    print(f"{'task':18s} {'array':26s} {'Split.batch':>22s} {'lra.batches.make_batch':>24s} {'memory-mapped':>22s}")
+    for task, shape, rate, through, mapped in bench_gather(tasks, args.batch, args.seconds):
+        cells = [f"{r:10.0f} ({1e3 * args.batch / r:6.3f})" if r else f"{'-':>19s}" for r in (rate, through, mapped)]
+        print(f"{task:18s} {shape:26s} {cells[0]:>22s} {cells[1]:>24s} {cells[2]:>22s}")
+    return 0
