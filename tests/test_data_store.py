@@ -122,3 +122,30 @@ def test_cli_help_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "lra.data", "prepare", "--help"], capture_output=True, text=True,
                          check=True)
     assert "--source" in out.stdout and "listops-release" in out.stdout
+
+
+def _generate_in_child(root: str, queue) -> None:
+    from lra.data.tasks import TASKS
+
+    try:
+        splits = load_splits({**TASKS["listops-small"]["data"], "root": root}, {"train": 2000, "dev": 50, "test": 50})
+        queue.put(np.asarray(splits["train"].tokens).tobytes())
+    except Exception as error:  # reported to the parent
+        queue.put(repr(error))
+
+
+def test_concurrent_first_use_is_safe(tmp_path):
+    """Three processes (say, the jobs of a sweep) generating the same task at once all get the same arrays."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=_generate_in_child, args=(str(tmp_path), queue)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join()
+    assert all(isinstance(r, bytes) for r in results), results
+    assert results[0] == results[1] == results[2]
+    assert len(list((tmp_path / "listops-generated").iterdir())) == 1  # one folder, no temporary leftovers

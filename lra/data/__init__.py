@@ -123,7 +123,10 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
     """(manifest, arrays): reuse the prepared folder when its manifest matches, else prepare/generate it."""
     identity = loader.identity(params, sizes, seed)
     folder = prepared_folder(loader, common.root, params, sizes, seed)
-    opened = open_prepared(folder, identity) if not force else "asked to prepare again"
+    opened = open_prepared(folder, identity)
+    stale = force  # a valid folder that must be replaced
+    if force and isinstance(opened, tuple):
+        opened = "asked to prepare again"
     source_folder = None
     if isinstance(loader, ReleaseLoader) and not loader.builtin and common.source is not None:
         try:
@@ -138,6 +141,7 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
             now = fingerprint(loader.source_files(source_folder, params))
             if opened[0].get("source_fingerprint") != now:
                 opened = f"the files in {source_folder} changed since they were prepared"
+                stale = True
     if isinstance(opened, tuple):
         return opened
     if isinstance(loader, ReleaseLoader) and not loader.builtin and source_folder is None:
@@ -157,7 +161,7 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
                 manifest["source"] = str(source_folder.resolve())
                 manifest["source_fingerprint"] = fingerprint(loader.source_files(source_folder, params))
             manifest.update(loader.prepare(params, source_folder, builder))
-        builder.finish(manifest)
+        builder.finish(manifest, replace=stale)
     except BaseException:
         builder.abort()
         raise

@@ -66,7 +66,9 @@ class Builder:
         arr = self.array(name, values.shape, values.dtype)
         arr[...] = values
 
-    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, manifest: dict[str, Any], replace: bool = False) -> None:
+        """Write the manifest and move the folder into place. If another process has meanwhile put a valid
+        folder for the same identity there, keep theirs unless `replace` (the old one is stale)."""
         manifest = dict(manifest)
         manifest["format_version"] = FORMAT_VERSION
         manifest["arrays"] = {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in self.arrays.items()}
@@ -78,13 +80,22 @@ class Builder:
         self.arrays.clear()
         with open(self.tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
+        old = None
         if self.final.exists():
-            shutil.rmtree(self.final)
+            if not replace and isinstance(open_prepared(self.final, manifest["identity"]), tuple):
+                shutil.rmtree(self.tmp, ignore_errors=True)  # another process finished first
+                return
+            old = self.final.parent / f".{self.final.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+            try:
+                os.rename(self.final, old)
+            except OSError:
+                old = None
         try:
             os.rename(self.tmp, self.final)
-        except OSError:  # another process put a complete folder there first: keep theirs
+        except OSError:  # another process put a folder there first: keep theirs
             shutil.rmtree(self.tmp, ignore_errors=True)
-        return manifest
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # readers that still map its files keep them until they close
 
     def abort(self) -> None:
         self.arrays.clear()
