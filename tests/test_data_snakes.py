@@ -86,3 +86,10 @@ def test_generated_task_through_load_splits(tmp_path):
 def test_generator_parameters_checked(key, value, message):
     with pytest.raises(ConfigError, match=rf"data\.{key}={value!r}: {message}"):
         check_data_config({**TASKS["pathfinder-small"]["data"], key: value})
+
+
+def test_snakes_that_cannot_fit_are_a_config_error(tmp_path):
+    cfg = {**TASKS["pathfinder-small"]["data"], "root": str(tmp_path), "contour_length": 40}
+    with pytest.raises(ConfigError, match=r"data\.contour_length=40: two target snakes of 40 paddles did not fit "
+                                          r"in a 16x16 image"):
+        load_splits(cfg, {"train": 2, "dev": 2, "test": 2})

@@ -69,6 +69,10 @@ class Geometry:
         # the canvas is padded so that a stamp at any candidate tail (at most L + 2m outside the image) fits
         self.P = self.h + int(math.ceil(self.L + 2 * self.m + 1))
         self.W = self.S + 2 * self.P  # padded canvas side
+        # where the first target snake starts: the centre, 2 seed distances clear of the border (snakes2)
+        c, b = self.S // 2, max(AA, (p.resolution // 2 - 2 * p.seed_distance) * AA)
+        ys, xs = np.mgrid[c - b: c + b, c - b: c + b]
+        self.centre = ys.ravel(), xs.ravel()
         size = 2 * self.h + 1
         yy, xx = np.mgrid[-self.h: self.h + 1, -self.h: self.h + 1].astype(np.float64)
         self.sin = np.sin(np.arange(N_ORIENT) * STEP)
@@ -224,10 +228,7 @@ def _seed(canvas: Canvas, rng: np.random.Generator, ys: np.ndarray, xs: np.ndarr
 def _target_snakes(p: SnakeParams, g: Geometry, canvas: Canvas, rng) -> list[Snake] | None:
     """The two target snakes, seeded near the centre and grown together (snakes2.two_snakes); None on a
     dead end (the caller starts the image again, as snakes2 does)."""
-    S = g.S
-    c, b = S // 2, max(AA, (p.resolution // 2 - 2 * p.seed_distance) * AA)
-    ys, xs = np.mgrid[c - b: c + b, c - b: c + b]
-    first = _seed(canvas, rng, ys.ravel(), xs.ravel())
+    first = _seed(canvas, rng, *g.centre)
     if first is None:
         return None
     angles = rng.integers(0, 360, 16) * math.pi / 180
@@ -273,7 +274,8 @@ def draw_sample(p: SnakeParams, label: int, rng: np.random.Generator, max_tries:
         if snakes is not None:
             break
     else:
-        raise RuntimeError(f"no Pathfinder sample fits after {max_tries} tries with {p}")
+        raise SnakesDoNotFit(f"two target snakes of {p.contour_length} paddles did not fit in a "
+                             f"{p.resolution}x{p.resolution} image in {max_tries} tries")
     distractors = []
     for _ in range(p.num_distractor_snakes):
         for _retry in range(5):  # snakes2: max_distractor_contour_retrial 4, incomplete allowed
@@ -296,6 +298,10 @@ def draw_sample(p: SnakeParams, label: int, rng: np.random.Generator, max_tries:
     info = {"snakes": [coords(s) for s in snakes], "markers": [tuple(v / AA for v in m0), tuple(v / AA for v in m1)],
             "marker_snakes": (origin, terminal), "distractors": [coords(s) for s in distractors], "tries": attempt}
     return canvas.image(), info
+
+
+class SnakesDoNotFit(RuntimeError):
+    pass
 
 
 def balanced_labels(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -366,7 +372,14 @@ class PathfinderGenerated(GeneratedLoader):
         T = p.resolution * p.resolution
         for split_id, split in enumerate(("train", "dev", "test")):
             n = sizes[split]
-            pixels, labels = generate_images(p, n, seed, split_id)
+            try:
+                pixels, labels = generate_images(p, n, seed, split_id)
+            except SnakesDoNotFit as error:
+                from lra.errors import ConfigError
+
+                raise ConfigError("data.contour_length", p.contour_length, str(error),
+                                  "lower data.contour_length, data.seed_distance or data.paddle_margin, or raise "
+                                  "data.resolution") from None
             tokens = builder.array(f"{split}.tokens", (n, T), np.int16)
             tokens[:] = pixels.astype(np.int16) + 1
             builder.save(f"{split}.lengths", np.full(n, T, dtype=np.int32))
