@@ -102,7 +102,7 @@ def test_cli_prepare_generate_and_errors(tmp_path, capsys):
     assert main(["prepare", "image-small", "--root", root]) == 0
     assert "image-small: " in capsys.readouterr().out
     assert main(["generate", "listops-small", "--root", root, "--train", "30", "--dev", "5", "--test", "5",
-                 "--set", "min_length=10"]) == 0
+                 "--set", "min_length=12"]) == 0
     out = capsys.readouterr().out
     assert '"count": 30' in out and "listops-generated" in out
     assert main(["prepare", "text", "--root", root]) == 2

@@ -26,6 +26,7 @@ import numpy as np
 from lra.data.base import DataFileError, GeneratedLoader, ReleaseLoader, find_layout
 from lra.data.params import require
 from lra.data.store import Builder, label_histogram, sha256_file
+from lra.errors import ConfigError
 
 VOCAB = ("<pad>", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "[MIN", "[MAX", "[MED", "[SM", "X")
 TOKEN_ID = {token: i for i, token in enumerate(VOCAB)}
@@ -278,7 +279,6 @@ class ListOpsGenerated(GeneratedLoader):
             tokens, lengths, labels = generate(total, max_depth=p.max_depth, max_args=p.max_args,
                                                min_length=p.min_length, max_length=p.max_length, seed=seed)
         except GeneratorStalled as error:
-            from lra.errors import ConfigError
             raise ConfigError("data.min_length", p.min_length, f"the generator stalled: {error}",
                               "loosen data.min_length/data.max_length or lower the dataset sizes") from None
         info = {}
