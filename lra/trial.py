@@ -12,6 +12,7 @@ The pruner is not part of the job's config: the sweeper stores its spec in the s
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,10 +27,17 @@ def make_storage(url: str) -> Any:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    if "://" in url:
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    return JournalStorage(JournalFileBackend(url))
+    if "://" not in url:
+        return JournalStorage(JournalFileBackend(url))
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+    for attempt in range(5):  # workers that start together race to create the tables of a new storage
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception:  # noqa: BLE001 - IntegrityError on alembic_version, or a locked sqlite file
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def make_pruner(spec: Mapping[str, Any] | None) -> Any:
