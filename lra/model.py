@@ -98,7 +98,8 @@ class LRAClassifier(nn.Module):
                 attention_grad_checkpointing=attention_grad_checkpointing)
 
         shared = block() if tied_weights else None
-        self.blocks = nn.ModuleList([shared if tied_weights else block() for _ in range(num_layers)])  # tied: one block, n times
+        # tied: the one block object n times (parameters() counts it once)
+        self.blocks = nn.ModuleList([shared if tied_weights else block() for _ in range(num_layers)])
         self.final_norm = nn.LayerNorm(embedding_dim)
         features = 4 * embedding_dim if dual_encoder else embedding_dim  # [u, v, u*v, u-v]
         self.head = nn.Sequential(nn.Linear(features, transformer_hidden_dim), nn.GELU(),
@@ -107,6 +108,7 @@ class LRAClassifier(nn.Module):
     def encode(self, input_ids: Tensor, mask: Tensor) -> Tensor:
         """One document: (B, T) ids and bool mask -> pooled (B, embedding_dim)."""
         B, T = input_ids.shape
+        mask = mask.to(torch.bool)
         if T > self.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds model.max_seq_len={self.max_seq_len}; "
                              f"truncate the input or raise model.max_seq_len")
@@ -120,8 +122,8 @@ class LRAClassifier(nn.Module):
         x = self.final_norm(x)
         if self.pooling_mode == "CLS":
             return x[:, 0]
-        m = mask[..., None].to(x.dtype)  # masked mean: padding never enters
-        return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+        x = x.masked_fill(~mask[..., None], 0.0)  # masked mean: padding never enters
+        return x.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype)
 
     def forward(self, input_ids: Tensor, mask: Tensor, input_ids_2: Tensor | None = None,
                 mask_2: Tensor | None = None) -> Tensor:

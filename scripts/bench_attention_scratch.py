@@ -19,23 +19,26 @@ from lra.attention import ATTENTIONS, build_attention
 from lra.attention.hrr_bundled import bundle_readout_fft, bundle_readout_gemm
 
 
-def peak_bytes(fn) -> int:
-    """Peak extra bytes held by the CPU allocator while fn runs, from profiler allocation events."""
+def peak_bytes(fn) -> tuple[int, set[str]]:
+    """Peak extra bytes held by the CPU allocator while fn runs (profiler allocation events), and the
+    SDPA kernels that ran (so the table can say whether softmax got the fused kernel)."""
     from torch._C._profiler import _EventType
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    totals = []
+    totals, kernels = [0], set()
 
     def walk(event):
         if event.tag == _EventType.Allocation:
-            totals.append((event.start_time_ns, event.extra_fields.total_allocated))
+            totals.append(event.extra_fields.total_allocated)  # running total since the profile began
+        elif event.name.startswith("aten::_scaled_dot_product") and "backward" not in event.name:
+            kernels.add(event.name.removeprefix("aten::"))
         for child in event.children:
             walk(child)
 
     for root in prof.profiler.kineto_results.experimental_event_tree():
         walk(root)
-    return max((t for _, t in sorted(totals)), default=0)
+    return max(totals), kernels
 
 
 def make_step(fn, inputs):
@@ -56,17 +59,19 @@ def run(steps: dict, reps: int, warmup: int = 1) -> tuple[dict, dict]:
             t0 = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t0)
-    peaks = {name: peak_bytes(step) for name, step in steps.items()}
-    return {n: statistics.median(t) for n, t in times.items()}, peaks
+    peaks, kernels = {}, {}
+    for name, step in steps.items():
+        peaks[name], kernels[name] = peak_bytes(step)
+    return {n: statistics.median(t) for n, t in times.items()}, peaks, kernels
 
 
-def table(title: str, med: dict, peaks: dict, base: str) -> None:
+def table(title: str, med: dict, peaks: dict, kernels: dict, base: str) -> None:
     print(f"\n{title}")
-    print(f"| {'mechanism':<24} | time ms | time / {base} | peak MB | mem / {base} |")
-    print(f"|{'-' * 26}|---------|{'-' * (10 + len(base))}|---------|{'-' * (9 + len(base))}|")
+    print("| mechanism | time ms | time ratio | peak MB | memory ratio | SDPA kernel |")
+    print("|---|---:|---:|---:|---:|---|")
     for n in med:
-        print(f"| {n:<24} | {med[n] * 1e3:7.1f} | {med[n] / med[base]:{7 + len(base)}.3f} "
-              f"| {peaks[n] / 2**20:7.1f} | {peaks[n] / max(peaks[base], 1):{6 + len(base)}.3f} |")
+        print(f"| {n} | {med[n] * 1e3:.1f} | {med[n] / med[base]:.3f} | {peaks[n] / 2**20:.1f} "
+              f"| {peaks[n] / max(peaks[base], 1):.3f} | {', '.join(sorted(kernels[n])) or '-'} |")
 
 
 def main() -> None:
@@ -78,7 +83,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--mechanisms", nargs="+", default=list(ATTENTIONS))
     ap.add_argument("--extra", action="store_true",
-                    help="also hrr-individual with block_size=0 (plain autograd) and 1024, and hrr-bundled's two forms")
+                    help="also hrr-individual with block_size=0 (plain two-GEMM autograd form) and "
+                         "hrr-bundled's two read-out forms")
     args = ap.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, B={args.batch}, "
@@ -89,15 +95,15 @@ def main() -> None:
         mask = torch.ones(args.batch, T, dtype=torch.bool)
         modules = {n: build_attention(n, args.heads, args.head_dim) for n in args.mechanisms}
         if args.extra:
-            for bs in (0, 1024):
-                modules[f"hrr-individual bs={bs}"] = build_attention("hrr-individual", args.heads, args.head_dim,
-                                                                     block_size=bs)
+            modules["hrr-individual block_size=0"] = build_attention("hrr-individual", args.heads, args.head_dim,
+                                                                     block_size=0)
         steps = {n: make_step(lambda q, k, v, m=m: m(q, k, v, mask), (q, k, v)) for n, m in modules.items()}
         if args.extra:
             steps["bundled read-out: fft"] = make_step(lambda q, k, v: bundle_readout_fft(q, k, v, mask), (q, k, v))
             steps["bundled read-out: gemm"] = make_step(lambda q, k, v: bundle_readout_gemm(q, k, v, mask), (q, k, v))
-        med, peaks = run(steps, args.reps)
-        table(f"T={T}", med, peaks, base="softmax" if "softmax" in med else next(iter(med)))
+        med, peaks, kernels = run(steps, args.reps)
+        base = "softmax" if "softmax" in med else next(iter(med))
+        table(f"T={T} (ratios to {base})", med, peaks, kernels, base)
 
 
 if __name__ == "__main__":
