@@ -4,7 +4,9 @@ stale trials, storage defaults. The end-to-end sweeps are in test_sweeps_e2e.py.
 from __future__ import annotations
 
 import math
+import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -14,11 +16,15 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.lra_optuna_sweeper._impl import (
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # launch.py finds hydra_plugins/ beside it; an in-process test needs the root too
+    sys.path.insert(0, str(REPO))
+
+from hydra_plugins.lra_optuna_sweeper._impl import (  # noqa: E402
     FAIL_REASON_ATTR, HEARTBEAT_ATTR, LraOptunaSweeperImpl, default_direction, outcome)
-from hydra_plugins.lra_optuna_sweeper._space import format_value, parse_search_space
-from lra.errors import ConfigError
-from lra.trial import PRUNER_ATTR, make_storage, open_trial
+from hydra_plugins.lra_optuna_sweeper._space import format_value, parse_search_space  # noqa: E402
+from lra.errors import ConfigError  # noqa: E402
+from lra.trial import PRUNER_ATTR, make_storage, open_trial  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
