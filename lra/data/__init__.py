@@ -9,6 +9,8 @@ first use and cached the same way. Token id 0 is padding in every task. See `lra
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,8 @@ from lra.data.base import SPLITS, GeneratedLoader, Loader, ReleaseLoader
 from lra.data.params import check_sizes, parse
 from lra.data.store import Builder, fingerprint, open_prepared, params_key
 from lra.errors import ConfigError
+
+log = logging.getLogger("lra.data")
 
 LOADERS: dict[str, Loader] = {
     loader.name: loader
@@ -151,6 +155,9 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
                           f"no prepared {loader.name} data in {folder} ({opened}) and no source to prepare it from",
                           f"get the release files (layout: {loader.layout}); then run "
                           f"`{prepare_command(loader.name, params, common.root)}`, or set data.source=PATH")
+    what = "generating" if isinstance(loader, GeneratedLoader) else "preparing"
+    log.info("%s %s data into %s (%s)", what, loader.name, folder, opened)
+    started = time.time()
     builder = Builder(folder)
     try:
         manifest = {"identity": identity, "loader": loader.name}
@@ -165,6 +172,7 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
     except BaseException:
         builder.abort()
         raise
+    log.info("%s %s data took %.1f s", what, loader.name, time.time() - started)
     opened = open_prepared(folder, identity)
     assert isinstance(opened, tuple), opened
     return opened
