@@ -1,0 +1,148 @@
+"""`python -m lra.bench {attention,step,budget}`: speed and memory, measured interleaved in one process.
+
+  python -m lra.bench attention --lengths 1024 4096            # the five mechanisms, fwd+bwd, ratios to softmax
+  python -m lra.bench attention --mechanisms softmax hrr-individual:block_size=0 hrr-individual:block_size=256
+  python -m lra.bench attention --compile --lengths 1024        # eager and torch.compile side by side
+  python -m lra.bench step --task listops-small                 # train_step per chunk size, and the loader
+  python -m lra.bench budget --task listops --memory-budget-mb 4000   # the chunk auto_chunk_size picks
+
+Each prints markdown tables; --json PATH writes the full result, --mlflow logs a run to the experiment `bench`
+($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from lra.errors import ConfigError
+
+
+def _common(p: argparse.ArgumentParser, repeats: int, warmup: int) -> None:
+    p.add_argument("--repeats", type=int, default=repeats, help="timed rounds (default %(default)s)")
+    p.add_argument("--warmup", type=int, default=warmup, help="untimed rounds first (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="write the full result as JSON")
+    p.add_argument("--mlflow", action="store_true", help="log params, metrics and the JSON to the experiment `bench`")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m lra.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("attention", help="fwd+bwd time and peak memory of each mechanism over lengths")
+    a.add_argument("--lengths", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
+    a.add_argument("--batch", type=int, default=1)
+    a.add_argument("--heads", type=int, default=8)
+    a.add_argument("--head-dim", type=int, default=64)
+    a.add_argument("--mechanisms", nargs="+", metavar="NAME[:KEY=VALUE,...]",
+                   help="registry names, with options (default: the five mechanisms with their defaults)")
+    a.add_argument("--compile", action="store_true",
+                   help="also run each mechanism through torch.compile (first call per length = compile time)")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    a.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    _common(a, repeats=5, warmup=1)
+
+    s = sub.add_parser("step", help="training-step time and memory per chunk size, and the data loader")
+    s.add_argument("--task", default="listops-small")
+    s.add_argument("--attention", nargs="+", default=["all"], help="'all' or attention names")
+    s.add_argument("overrides", nargs="*", help="Hydra overrides of the run config, e.g. hardware=cpu")
+    _common(s, repeats=10, warmup=2)
+
+    b = sub.add_parser("budget", help="the chunk size auto_chunk_size picks for each attention")
+    b.add_argument("--task", default="listops-small")
+    b.add_argument("--attention", nargs="+", default=["all"])
+    b.add_argument("--memory-budget-mb", type=float, help="CPU: the budget (default: available memory); "
+                                                          "CUDA: a cap on the free memory")
+    b.add_argument("--margin", type=float, default=0.8)
+    b.add_argument("overrides", nargs="*", help="Hydra overrides of the run config")
+    return ap
+
+
+def _attention_names(names: list[str]) -> list[str]:
+    from lra.attention import ATTENTIONS
+
+    return list(ATTENTIONS) if names == ["all"] else names
+
+
+def _configs(task: str, attentions: list[str], overrides: list[str]):
+    from lra.bench.step import compose
+
+    return {name: compose([f"task={task}", f"attention={name}", *overrides]) for name in _attention_names(attentions)}
+
+
+def _finish(args, result, report: str, params: dict, metrics) -> None:
+    from lra.bench.output import log_to_mlflow, write_json
+
+    print(report)
+    if args.json:
+        print(f"\nwrote {write_json(result, args.json)}")
+    if args.mlflow:
+        run_id = log_to_mlflow(result, params, metrics, run_name=result["benchmark"])
+        print(f"MLflow run {run_id} in experiment `bench`")
+
+
+def attention(args) -> None:
+    from lra.bench.attention import default_candidates, run_attention_bench
+    from lra.bench.output import attention_metrics, attention_report
+    from lra.config import resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    candidates = default_candidates(args.mechanisms, args.compile)
+    result = run_attention_bench(candidates, lengths=args.lengths, batch=args.batch, heads=args.heads,
+                                 head_dim=args.head_dim, repeats=args.repeats, warmup=args.warmup, device=device,
+                                 seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+    params = {**{k: v for k, v in result["setup"].items()}, "device": str(device), "threads": torch.get_num_threads()}
+    _finish(args, result, attention_report(result), params, attention_metrics(result))
+
+
+def step(args) -> None:
+    from lra.bench.output import step_metrics, step_report
+    from lra.bench.step import run_step_bench
+
+    cfgs = _configs(args.task, args.attention, args.overrides)
+    result = run_step_bench(cfgs, repeats=args.repeats, warmup=args.warmup, seed=args.seed,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
+    params = {k: v for k, v in result["setup"].items() if k not in ("model", "dataset")}
+    params["overrides"] = " ".join(args.overrides)
+    _finish(args, result, step_report(result), params, step_metrics(result))
+
+
+def budget(args) -> None:
+    from lra.bench.budget import full_length_batch, probe_chunk_size
+    from lra.config import resolve_device, resolve_precision
+    from lra.step import autocast_context
+    from lra.train import build_model
+
+    for name, cfg in _configs(args.task, args.attention, args.overrides).items():
+        device = resolve_device(cfg.hardware.device)
+        m = cfg.model
+        torch.manual_seed(cfg.training.seed)
+        model = build_model(cfg).to(device)
+        example = full_length_batch(1, m.max_seq_len - (m.pooling_mode == "CLS"), m.vocab_size, m.num_classes,
+                                    dual_encoder=m.dual_encoder, device=device)
+        result = probe_chunk_size(model, example, device=device,
+                                  autocast=autocast_context(device, resolve_precision(cfg.training.mixed_precision,
+                                                                                      device)),
+                                  max_chunk=cfg.training.batch_size, memory_budget_mb=args.memory_budget_mb,
+                                  margin=args.margin)
+        print(f"{name}: {result.describe()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        {"attention": attention, "step": step, "budget": budget}[args.command](args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

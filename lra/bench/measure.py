@@ -1,0 +1,125 @@
+"""Interleaved timing and allocator-level peak memory, the two measures every benchmark here uses.
+
+Timing: each candidate runs once per round and the rounds repeat (A B C, B C A, C A B, ...: the order rotates
+so that no candidate always follows the same one), so drift of the machine (other jobs, clock changes) hits
+all candidates alike. Warm-up rounds are discarded; the median and min of the timed rounds are reported, and
+only ratios between candidates of one run mean much on a shared machine. CUDA is synchronised around each call.
+
+Peak memory (bytes live above what was live when the call began; tensors made before it, such as inputs and
+parameters, are not counted, what it leaves alive, such as gradients, is):
+- CUDA: the caching allocator's `max_memory_allocated` after `reset_peak_memory_stats`, minus what was allocated.
+- CPU: the torch CPU allocator's allocation and free events from torch.profiler (`profile_memory=True`),
+  summed in time order to a running total whose maximum is the peak. Only tensor storage is counted, not the
+  Python heap or memory the C library keeps after a free.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+MEMORY_METHODS = {
+    "cuda": "CUDA caching allocator: max_memory_allocated - memory_allocated before the call",
+    "cpu": "torch CPU allocator events (torch.profiler, profile_memory=True): peak of the running sum of "
+           "allocations minus frees during the call",
+}
+
+
+def memory_method(device: torch.device) -> str:
+    return MEMORY_METHODS["cuda" if device.type == "cuda" else "cpu"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Wall times of one candidate's timed calls, and its first (warm-up) call, which includes compilation."""
+
+    times: list[float] = field(default_factory=list)
+    first_s: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def min(self) -> float:
+        return min(self.times)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved(candidates: Mapping[str, Callable[[], object]], *, repeats: int, warmup: int,
+                device: torch.device) -> dict[str, Timing]:
+    """Time each candidate `repeats` times after `warmup` untimed calls, all in rotating rounds."""
+    names = list(candidates)
+    out = {name: Timing() for name in names}
+    for r in range(warmup + repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seconds = timed(candidates[name], device)
+            if out[name].first_s is None:
+                out[name].first_s = seconds
+            if r >= warmup:
+                out[name].times.append(seconds)
+    return out
+
+
+@dataclass
+class Peak:
+    bytes: int
+    ops: set[str]  # aten op names seen (CPU only; e.g. which scaled_dot_product kernel ran)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> Peak:
+    """Peak bytes live during `fn()` above those live when it began (see the module docstring)."""
+    gc.collect()
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return Peak(torch.cuda.max_memory_allocated(device) - before, set())
+    return _cpu_peak(fn)
+
+
+def _cpu_peak(fn: Callable[[], object]) -> Peak:
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events: list[tuple[int, int]] = []  # (time ns, +bytes allocated / -bytes freed)
+    ops: set[str] = set()
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            events.append((event.start_time_ns, event.extra_fields.alloc_size))
+        elif event.name.startswith("aten::"):
+            ops.add(event.name.removeprefix("aten::"))
+        stack.extend(event.children)
+    live = peak = 0
+    for _, size in sorted(events):
+        live += size
+        peak = max(peak, live)
+    return Peak(peak, ops)
+
+
+def sdpa_kernels(ops: set[str]) -> list[str]:
+    """The scaled_dot_product_attention forward kernels among `ops` (says whether a fused kernel served)."""
+    return sorted(op for op in ops if op.startswith("_scaled_dot_product") and "backward" not in op)
