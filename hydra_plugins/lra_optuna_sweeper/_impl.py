@@ -33,6 +33,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from lra.errors import ConfigError
@@ -55,11 +56,12 @@ class SweepAborted(RuntimeError):
 
 
 def known_metrics() -> tuple[str, ...]:
+    """The metrics a job can return: the trainer's OBJECTIVES if it names them, else its METRICS."""
     try:
-        from lra.config import METRICS
+        import lra.config as schema
     except ImportError:
         return FALLBACK_METRICS
-    return tuple(METRICS)
+    return tuple(getattr(schema, "OBJECTIVES", None) or getattr(schema, "METRICS", FALLBACK_METRICS))
 
 
 def default_direction(objective: str) -> str:
@@ -216,6 +218,7 @@ class LraOptunaSweeperImpl(Sweeper):
         direction = self.direction or default_direction(objective)
         url = self._storage_url()
         name = str(self.study_name or os.environ.get(ENV_SWEEP_ID) or new_sweep_id())
+        self._validate_space(space, fixed, url, name)
         study = self._open_study(url, name, direction)
         self.study = study
         log.info("study %r in %s: %s %s over %s, n_trials=%d, n_jobs=%d, sampler %s, pruner %s", name, url,
@@ -228,7 +231,6 @@ class LraOptunaSweeperImpl(Sweeper):
         heartbeat = _Heartbeat(study._storage, self.heartbeat_interval)
         heartbeat.start()
         counts: Counter[str] = Counter()
-        first = True
         try:
             while True:
                 self._fail_stale(study)
@@ -242,9 +244,8 @@ class LraOptunaSweeperImpl(Sweeper):
                 ids = [trial._trial_id for trial in batch]
                 heartbeat.add(ids)
                 try:
-                    overrides = [self._overrides(trial, fixed, url, name) for trial in batch]
-                    self._validate(overrides, full=first)
-                    first = False
+                    overrides = [self._overrides(trial.params, trial.number, fixed, url, name) for trial in batch]
+                    self.validate_batch_is_legal(overrides)  # Hydra composes every job before any starts
                     returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
                 except BaseException as error:
                     for trial in batch:
@@ -282,26 +283,29 @@ class LraOptunaSweeperImpl(Sweeper):
             batch.append(trial)
         return batch
 
-    def _overrides(self, trial: optuna.Trial, fixed: dict[str, str], url: str, name: str) -> list[str]:
-        lines = [override_line(key, value) for key, value in fixed.items() if key not in trial.params]
-        lines += [f"{key}={format_value(value)}" for key, value in trial.params.items()]
+    @staticmethod
+    def _overrides(params: dict[str, Any], number: int, fixed: dict[str, str], url: str, name: str) -> list[str]:
+        lines = [override_line(key, value) for key, value in fixed.items() if key not in params]
+        lines += [f"{key}={format_value(value)}" for key, value in params.items()]
         lines += [f"sweep.storage={format_value(url)}", f"sweep.study_name={format_value(name)}",
-                  f"sweep.trial_number={trial.number}", f"hydra.sweep.subdir=trial_{trial.number}"]
+                  f"sweep.trial_number={number}", f"hydra.sweep.subdir=trial_{number}"]
         return lines
 
-    def _validate(self, batch: list[list[str]], full: bool) -> None:
-        """Compose every job's config (Hydra's check); for the first batch also run the trainer's validation,
-        so a bad config stops the sweep before any trial trains."""
-        self.validate_batch_is_legal(batch)
-        if not full or not self.validate:
+    def _validate_space(self, space: dict[str, Any], fixed: dict[str, str], url: str, name: str) -> None:
+        """Before the study is opened: compose a job at the low end of the search space (each choice's first
+        value) and run `validate` on it, so a config error stops the sweep before any trial exists."""
+        probe = {key: dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
+                 for key, dist in space.items()}
+        overrides = self._overrides(probe, 0, fixed, url, name)
+        self.validate_batch_is_legal([overrides])
+        if not self.validate:
             return
         validate = get_method(self.validate)
         assert self.hydra_context is not None
-        for overrides in batch:
-            job = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(job):
-                del job["hydra"]
-            validate(job)
+        job = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(job):
+            del job["hydra"]
+        validate(job)
 
     def _end(self, study: optuna.Study, trial: Any, state: TrialState, value: Optional[float],
              reason: Optional[str]) -> None:

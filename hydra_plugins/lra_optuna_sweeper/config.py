@@ -110,7 +110,8 @@ class LraOptunaSweeperConf:
     enqueue: List[Dict[str, Any]] = field(default_factory=list)  # points tried first, e.g. a known good config
     heartbeat_interval: float = 5.0  # seconds between the sweeper's "still running" marks on its trials
     grace_period: float = 30.0       # a RUNNING trial without a mark for this long was killed: FAIL it
-    # `cfg -> None` run on the first batch's job configs before any trial trains (raise to stop); null: none
+    # `cfg -> None` run on a job config at the low end of the search space before the study is opened
+    # (raise to stop the sweep before any trial exists); null: only Hydra's composition check
     validate: Optional[str] = "lra.config.validate"
 
 
