@@ -8,6 +8,7 @@ import torch
 from lra.attention import ATTENTIONS, attention_options, build_attention, hrr
 from lra.attention.common import CosineScale
 from lra.attention.hrr_bundled import bundle_readout_fft, bundle_readout_gemm
+from lra.attention.hrr_individual import auto_block_rows
 from lra.errors import ConfigError
 
 NAMES = sorted(ATTENTIONS)
@@ -115,7 +116,7 @@ def exact_options(name: str, **extra) -> dict:
 
 
 def variants(name: str) -> list[dict]:
-    return [{"block_size": 0}, {"block_size": 4}] if name == "hrr-individual" else [{}]
+    return [{"block_size": 0}, {"block_size": 4}, {}] if name == "hrr-individual" else [{}]
 
 
 def qkv(B=2, h=2, T=6, H=8, dtype=torch.float64, seed=0, grad=False):
@@ -330,7 +331,7 @@ def test_individual_blocked_matches_plain_values_and_grads(H, lengths):
     B, h, T = 2, 3, 37
     mask = lengths_mask(lengths, T)
     results = []
-    for block_size in (0, 8, 64):
+    for block_size in (0, 8, 64, None):
         torch.manual_seed(0)
         attn = build_attention("hrr-individual", h, H, block_size=block_size)
         q, k, v = qkv(B, h, T, H, dtype=torch.float64, grad=True)
@@ -340,6 +341,16 @@ def test_individual_blocked_matches_plain_values_and_grads(H, lengths):
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_individual_block_size_option():
+    assert attention_options("hrr-individual")["block_size"] is None  # auto
+    assert auto_block_rows(1, 8, 4096) == 512 and auto_block_rows(1, 8, 1024) == 1024
+    assert auto_block_rows(64, 8, 4096) == 16 and auto_block_rows(1, 1, 7) == 7
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError) as err:
+            build_attention("hrr-individual", 2, 8, block_size=bad)
+        assert err.value.key == "attention.block_size"
 
 
 def test_individual_blocked_gradcheck():

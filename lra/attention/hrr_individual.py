@@ -9,6 +9,11 @@ so S = (s·num / |v_j|_eps) ⊙ rsqrt(|v̂|² + eps²) + b. The per-token featur
 queries that saves only its inputs and the row log-sum-exp and recomputes the scores in the backward
 pass (flash-attention style): O(T·block) memory instead of O(T²), and fewer passes over T×T data.
 `block_size=0` selects the plain autograd form (every T×T intermediate kept), the reference for tests.
+
+Block size: the default (None) takes as many query rows as keep one (B, h, rows, T) score buffer near
+2^24 entries (64 MB in float32): per-op overhead is then amortised the same way at every batch size,
+and the memory stays bounded. Measured on 2 busy CPU cores at B=1, h=8, H=64, T=4096 (fwd+bwd, median):
+rows 128 / 256 / 512 / 1024 took 1.21 / 0.94 / 0.75 / 0.58x the plain form's time, which held 3.1 GB.
 """
 
 import torch
@@ -104,14 +109,22 @@ def _inv_norm(q_den: Tensor, k_den: Tensor, eps: float) -> Tensor:
     return (q_den @ k_den.transpose(-1, -2)).add_(eps * eps).rsqrt_()
 
 
+BLOCK_ENTRIES = 2**24  # score entries per block when block_size is None
+
+
+def auto_block_rows(batch: int, heads: int, T: int) -> int:
+    return min(T, max(16, BLOCK_ENTRIES // (batch * heads * T)))
+
+
 class HRRIndividualAttention(nn.Module):
     def __init__(self, num_heads: int, head_dim: int, *, scale_init: float = 10.0, learn_scale: bool = True,
-                 eps: float = 1e-6, block_size: int = 128) -> None:
+                 eps: float = 1e-6, block_size: int | None = None) -> None:
         super().__init__()
         check_positive("eps", eps)
-        if isinstance(block_size, bool) or not (isinstance(block_size, int) and block_size >= 0):
-            raise ConfigError(key="attention.block_size", value=block_size, problem="must be an int >= 0",
-                              fix="queries per block (default 128), or 0 for the plain autograd form")
+        if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int)
+                                       or block_size < 0):
+            raise ConfigError(key="attention.block_size", value=block_size, problem="must be null or an int >= 0",
+                              fix="null (auto), query rows per block, or 0 for the plain autograd form")
         self.num_heads, self.head_dim, self.eps, self.block_size = num_heads, head_dim, eps, block_size
         self.scale = CosineScale(num_heads, scale_init, learn_scale)
 
@@ -123,6 +136,8 @@ class HRRIndividualAttention(nn.Module):
             if self.block_size == 0:
                 y = scores_softmax_values_plain(*features, bias, v32, self.eps)
             else:
+                B, h, T, _ = q.shape
+                rows = self.block_size or auto_block_rows(B, h, T)
                 bias = None if bool(mask.all()) else bias
-                y = _ScoresSoftmaxValues.apply(*features, bias, v32, self.eps, self.block_size)
+                y = _ScoresSoftmaxValues.apply(*features, bias, v32, self.eps, rows)
         return y.to(v.dtype)
