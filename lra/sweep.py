@@ -5,8 +5,8 @@ creates the parent run in the task's experiment and exports `LRA_SWEEP_ID` and `
 which the config's `sweep.id` and `sweep.parent_run_id` read, so every job's run carries the tag `sweep_id`
 and `mlflow.parentRunId` whatever the launcher (in-process, joblib workers, SLURM jobs inherit the
 environment). After the last job it ends the parent FINISHED; if the sweep raised (a failed job under the
-basic sweeper, too many failed trials under lra_optuna) Hydra never calls `on_multirun_end`, so an `atexit`
-hook ends it FAILED instead.
+basic sweeper, too many failed trials under lra_optuna, Ctrl-C or SIGTERM) Hydra never calls
+`on_multirun_end`, so an `atexit` hook ends it FAILED instead.
 
 The sweep id is, in order: `sweep.id` if set (an override or $LRA_SWEEP_ID), the Optuna study name
 (`hydra.sweeper.study_name`), else a new `YYYYmmdd-HHMMSS-xxxx`. A parent run already tagged with that id is
@@ -19,7 +19,9 @@ import atexit
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -105,6 +107,18 @@ def fail_orphan_runs(tracking_uri: str, experiment: str, study_name: str, trial_
     return len(runs)
 
 
+def interrupt_on_sigterm() -> Any:
+    """Turn SIGTERM (kill, scancel) into KeyboardInterrupt, so a sweep ends its running trials FAIL and its
+    parent run FAILED instead of leaving them RUNNING; returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 class SweepRunCallback(Callback):
     """Creates the sweep's parent run before the first job and ends it after the last (see module doc)."""
 
@@ -131,6 +145,7 @@ class SweepRunCallback(Callback):
             atexit.register(self._finish, "FAILED")
         os.environ[ENV_SWEEP_ID] = self.sweep_id
         os.environ[ENV_PARENT_RUN_ID] = self.run_id
+        interrupt_on_sigterm()
         log.info("sweep %s: parent MLflow run %s", self.sweep_id, self.run_id)
 
     def _open_parent(self, config: DictConfig) -> str:

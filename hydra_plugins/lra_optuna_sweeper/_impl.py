@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -37,7 +38,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 
 from lra.errors import ConfigError
-from lra.sweep import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, experiment_of, fail_orphan_runs, new_sweep_id, tracking_uri_of
+from lra.sweep import (ENV_PARENT_RUN_ID, ENV_SWEEP_ID, experiment_of, fail_orphan_runs, interrupt_on_sigterm,
+                       new_sweep_id, tracking_uri_of)
 from lra.trial import PRUNER_ATTR, make_storage
 
 from ._space import format_value, override_line, parse_search_space
@@ -230,6 +232,7 @@ class LraOptunaSweeperImpl(Sweeper):
 
         heartbeat = _Heartbeat(study._storage, self.heartbeat_interval)
         heartbeat.start()
+        previous = interrupt_on_sigterm()
         counts: Counter[str] = Counter()
         try:
             while True:
@@ -268,6 +271,8 @@ class LraOptunaSweeperImpl(Sweeper):
             self._wait_for_running(study)
         finally:
             heartbeat.stop()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         self._summarize(study, objective, sweep_dir, counts)
 
     def _ask(self, study: optuna.Study, space: dict[str, Any], k: int) -> list[optuna.Trial]:
