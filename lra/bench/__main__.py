@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
                    help="registry names, with options (default: the five mechanisms with their defaults)")
     a.add_argument("--compile", action="store_true",
                    help="also run each mechanism through torch.compile (first call per length = compile time)")
+    a.add_argument("--matmul-size", type=int, default=2048, help="N of the N x N float32 GEMM whose FLOP/s is "
+                                                                  "the machine's matmul rate (default %(default)s)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     a.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     _common(a, repeats=5, warmup=1)
@@ -96,7 +98,8 @@ def attention(args) -> None:
     candidates = default_candidates(args.mechanisms, args.compile)
     result = run_attention_bench(candidates, lengths=args.lengths, batch=args.batch, heads=args.heads,
                                  head_dim=args.head_dim, repeats=args.repeats, warmup=args.warmup, device=device,
-                                 seed=args.seed, log=lambda m: print(m, file=sys.stderr, flush=True))
+                                 seed=args.seed, matmul_size=args.matmul_size,
+                                 log=lambda m: print(m, file=sys.stderr, flush=True))
     params = {**{k: v for k, v in result["setup"].items()}, "device": str(device), "threads": torch.get_num_threads()}
     _finish(args, result, attention_report(result), params, attention_metrics(result))
 

@@ -23,7 +23,7 @@ from lra.bench.measure import interleaved, memory_method, peak_memory, sdpa_kern
 from lra.errors import ConfigError
 
 MATMUL = "matmul"  # the GEMM candidate's key in the rotation
-MATMUL_N = 2048  # its square size: 17 GFLOP, well past the cache on any CPU
+MATMUL_N = 2048  # its default square size: 17 GFLOP, well past the caches of a CPU
 
 
 @dataclass(frozen=True)
@@ -75,14 +75,14 @@ def _fwd_bwd(module: Callable, q, k, v, mask, grad_out) -> Callable[[], None]:
     return step
 
 
-def _matmul(device: torch.device) -> tuple[Callable[[], None], float]:
-    a, b = (torch.randn(MATMUL_N, MATMUL_N, device=device) for _ in range(2))
-    return (lambda: a @ b), 2.0 * MATMUL_N**3
+def _matmul(device: torch.device, n: int) -> tuple[Callable[[], None], float]:
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    return (lambda: a @ b), 2.0 * n**3
 
 
 def run_attention_bench(candidates: list[Candidate], *, lengths: list[int], batch: int = 1, heads: int = 8,
                         head_dim: int = 64, repeats: int = 5, warmup: int = 1, device: torch.device | None = None,
-                        seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
+                        seed: int = 0, matmul_size: int = MATMUL_N, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every candidate at every length; returns the JSON-ready result (see `summarise`)."""
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
@@ -93,7 +93,7 @@ def run_attention_bench(candidates: list[Candidate], *, lengths: list[int], batc
     for c in candidates:  # one module per candidate for all lengths (a compiled one recompiles per new shape)
         module = build_attention(c.name, heads, head_dim, **c.options).to(device)
         modules[c.label] = torch.compile(module) if c.compiled else module
-    gemm, gemm_flops = _matmul(device)
+    gemm, gemm_flops = _matmul(device, matmul_size)
     rows, matmul = [], {}
     for T in lengths:
         q, k, v = (torch.randn(batch, heads, T, head_dim, device=device, requires_grad=True) for _ in range(3))
@@ -121,6 +121,7 @@ def run_attention_bench(candidates: list[Candidate], *, lengths: list[int], batc
         del q, k, v, grad_out, steps
     setup = {"lengths": lengths, "batch": batch, "heads": heads, "head_dim": head_dim, "repeats": repeats,
              "warmup": warmup, "seed": seed, "dtype": "float32", "mask": "every token real",
+             "matmul_size": matmul_size,
              "candidates": labels}
     return summarise(rows, matmul, setup, device)
 

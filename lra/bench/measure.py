@@ -15,7 +15,6 @@ parameters, are not counted, what it leaves alive, such as gradients, is):
 
 from __future__ import annotations
 
-import gc
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -86,7 +85,6 @@ class Peak:
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> Peak:
     """Peak bytes live during `fn()` above those live when it began (see the module docstring)."""
-    gc.collect()
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -54,7 +54,7 @@ def attention_report(result: dict[str, Any]) -> str:
         rows = [[T, _f(v["softmax_flops_per_s"] / 1e9, ".1f"), _f(v["matmul_flops_per_s"] / 1e9, ".1f"),
                  _f(v["matmul_peak_flops_per_s"] / 1e9, ".1f"), _f(v["fraction"], ".3f")]
                 for T, v in result["softmax_matmul_fraction"].items()]
-        out += ["", f"softmax fwd+bwd (12·B·h·T²·H FLOPs) against a {2048}x{2048} float32 GEMM in the same rounds",
+        out += ["", f"softmax fwd+bwd (12·B·h·T²·H FLOPs) against a {s['matmul_size']}x{s['matmul_size']} float32 GEMM in the same rounds",
                 markdown_table(["T", "softmax GFLOP/s", "GEMM GFLOP/s (median)", "GEMM GFLOP/s (best)",
                                 "fraction of GEMM rate"], rows)]
     return "\n".join(out)

@@ -1,0 +1,139 @@
+"""`python -m lra.bench`: tiny runs write well-formed results; the automatic budget picks a chunk that runs.
+No timing assertions (timings on a shared machine mean nothing in a test)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+
+from lra.attention import ATTENTIONS
+from lra.bench.__main__ import main
+from lra.bench.attention import parse_candidate
+from lra.bench.budget import auto_chunk_size, full_length_batch, probe_chunk_size
+from lra.bench.measure import peak_memory
+from lra.errors import ConfigError
+from lra.model import LRAClassifier
+from lra.step import train_step
+
+CPU = torch.device("cpu")
+TINY_MODEL = ["model.num_layers=1", "model.embedding_dim=16", "model.transformer_hidden_dim=32", "model.num_head=2",
+              "model.head_dim=8", "dataset.train=64", "dataset.dev=8", "dataset.test=8", "training.batch_size=8",
+              "hardware.num_threads=1"]
+
+
+def test_cpu_peak_memory_counts_what_the_call_allocates():
+    keep = []
+    peak = peak_memory(lambda: keep.append(torch.empty(2**20, dtype=torch.float32)), CPU)  # 4 MiB, kept
+    assert peak.bytes >= 4 * 2**20
+    before = torch.ones(2**20)
+    assert peak_memory(lambda: before.mul_(2), CPU).bytes < 2**20  # in place: nothing new
+    assert peak_memory(lambda: torch.mm(torch.ones(8, 8), torch.ones(8, 8)), CPU).ops >= {"mm"}
+
+
+def test_candidate_specs():
+    c = parse_candidate("hrr-individual:block_size=0,eps=1e-5")
+    assert (c.name, c.options, c.label) == ("hrr-individual", {"block_size": 0, "eps": 1e-5},
+                                            "hrr-individual:block_size=0,eps=1e-05")
+    with pytest.raises(ConfigError, match="attention.name"):
+        parse_candidate("flash")
+    with pytest.raises(ConfigError, match="attention.block_size"):
+        parse_candidate("softmax:block_size=4")
+
+
+def test_attention_bench_writes_json_and_table(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    out = tmp_path / "attention.json"
+    specs = list(ATTENTIONS) + ["hrr-individual:block_size=0"]
+    assert main(["attention", "--lengths", "16", "24", "--repeats", "1", "--warmup", "0", "--heads", "2",
+                 "--head-dim", "8", "--threads", "1", "--matmul-size", "128", "--mechanisms", *specs, "--json", str(out), "--mlflow"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "attention" and result["reference"] == "softmax"
+    assert {(r["mechanism"], r["T"]) for r in result["results"]} == {(s, T) for s in specs for T in (16, 24)}
+    for r in result["results"]:
+        assert r["time_median_s"] > 0 and r["peak_memory_bytes"] > 0 and len(r["times_s"]) == 1
+        if r["mechanism"] == "softmax":
+            assert r["time_ratio"] == 1.0 and r["memory_ratio"] == 1.0
+    assert set(result["scaling"]) == set(specs)
+    assert set(result["softmax_matmul_fraction"]) == {"16", "24"}
+    assert "torch CPU allocator" in result["environment"]["memory_method"]
+    for spec in specs:
+        assert f"| {spec} |" in printed
+    assert "T=16" in printed and "T=24" in printed and "scaling exponent" in printed
+
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["bench"], output_format="list")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["heads"] == "2" and "time_ratio/tpr" in run.data.metrics
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)] == ["attention.json"]
+
+
+def test_step_bench_tiny(tmp_path, capsys):
+    out = tmp_path / "step.json"
+    assert main(["step", "--attention", "softmax", "tpr", "--repeats", "1", "--warmup", "0", "--json", str(out),
+                 f"data.root={tmp_path / 'data'}", *TINY_MODEL]) == 0
+    result = json.loads(out.read_text())
+    assert result["setup"]["chunks"] == [8, 4, 2]
+    assert {(r["attention"], r["chunk"]) for r in result["results"]} == {(a, c) for a in ("softmax", "tpr")
+                                                                         for c in (8, 4, 2)}
+    for r in result["results"]:
+        assert r["time_median_s"] > 0 and r["peak_memory_bytes"] > 0
+        assert (r["time_ratio"] == 1.0) == (r["chunk"] == 8)
+    assert set(result["data_fraction"]) == {"softmax", "tpr"} and result["data"]["samples_per_s"] > 0
+    printed = capsys.readouterr().out
+    assert "loading % of step time" in printed and "| tpr | 2 |" in printed
+
+
+def _tiny_model(attention: str = "softmax") -> LRAClassifier:
+    torch.manual_seed(0)
+    return LRAClassifier(vocab_size=16, max_seq_len=64, embedding_dim=16, transformer_hidden_dim=32, head_dim=8,
+                         num_head=2, num_layers=1, dropout_prob=0.1, attention_dropout=0.1, pooling_mode="MEAN",
+                         num_classes=3, learn_pos_emb=True, tied_weights=False, attention=attention)
+
+
+def test_auto_chunk_size_fits_runs_and_shrinks_with_the_budget():
+    model = _tiny_model()
+    example = full_length_batch(2, 64, 16, 3)
+    big = probe_chunk_size(model, example, device=CPU, max_chunk=12, memory_budget_mb=10_000)
+    assert big.chunk == 12 and max(big.probes) == 12  # 1, 2, 4, 8, 12: everything fits
+    one = big.probes[1]
+    budget = (4.5 * one + big.reserved_mb) / 0.8  # room for about four samples
+    small = probe_chunk_size(model, example, device=CPU, max_chunk=12, memory_budget_mb=budget)
+    assert 1 <= small.chunk < big.chunk
+    assert small.probes[small.chunk] + small.reserved_mb <= 0.8 * budget
+    assert "auto chunk size" in small.describe()
+    assert auto_chunk_size(model, example, device=CPU, max_chunk=12, memory_budget_mb=budget) == small.chunk
+
+    # the chosen chunk runs in the real training step
+    optimizer = torch.optim.AdamW(model.parameters())
+    batch = full_length_batch(12, 64, 16, 3, seed=1)
+    stats = train_step(model, batch, optimizer, chunk_size=small.chunk, autocast=contextlib.nullcontext(),
+                       scaler=torch.amp.GradScaler("cpu", enabled=False))
+    assert stats.count == 12 and torch.isfinite(torch.tensor(stats.loss))
+
+
+def test_auto_chunk_size_leaves_the_model_and_rng_as_they_were():
+    model = _tiny_model("hrr-bundled").eval()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    auto_chunk_size(model, full_length_batch(1, 64, 16, 3), device=CPU, max_chunk=4, memory_budget_mb=10_000)
+    assert torch.equal(torch.rand(3), expected)
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_auto_chunk_size_names_the_key_when_nothing_fits():
+    with pytest.raises(ConfigError, match="hardware.memory_budget_mb.*one sample"):
+        auto_chunk_size(_tiny_model(), full_length_batch(1, 64, 16, 3), device=CPU, max_chunk=8,
+                        memory_budget_mb=0.01)
+
+
+def test_help():
+    with pytest.raises(SystemExit) as exit_:
+        main(["attention", "--help"])
+    assert exit_.value.code == 0
