@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from lra.attention import hrr
-from lra.attention.common import CosineScale, check_positive, full_precision, key_bias
+from lra.attention.common import CosineScale, check_positive, full_precision, key_bias, row_normalise
 
 
 def bundle_readout_fft(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -51,8 +51,7 @@ class HRRBundledAttention(nn.Module):
         with full_precision(q) as dt:
             q, k, v32 = q.to(dt), k.to(dt), v.to(dt)
             v_hat = bundle_readout_gemm(q, k, v32, mask)  # (B, h, T, H)
-            cos = (v_hat * v32).sum(-1) / torch.sqrt(  # (B, h, T)
-                (v_hat.square().sum(-1) + self.eps**2) * (v32.square().sum(-1) + self.eps**2))
+            cos = (row_normalise(v_hat, self.eps) * row_normalise(v32, self.eps)).sum(-1)  # (B, h, T)
             scores = self.scale(dt, q.device)[..., 0] * cos + key_bias(mask, dt)[:, :, 0, :]  # (B, h, T)
             w = torch.softmax(scores, dim=-1)  # over tokens i
             y = w[..., None] * v32
