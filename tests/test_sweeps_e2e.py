@@ -27,6 +27,9 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["dataset.train=32", "dataset.dev=16", "dataset.test=16", "training.batch_size=16", "training.num_epochs=2",
         "tracking.system_metrics=false"]
+TINY_MODEL = ["model.embedding_dim=16", "model.transformer_hidden_dim=32", "model.num_head=2", "model.head_dim=8",
+              "model.num_layers=1"]  # as sweeps/tiny.yaml
+CALLBACK = "++hydra.callbacks.sweep_run._target_=lra.sweep.SweepRunCallback"  # as in conf/config.yaml
 FAST_HEARTBEAT = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4"]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -48,17 +51,19 @@ class Store:
         return child_runs(self.client, [self.client.get_experiment_by_name("listops-small").experiment_id],
                           sweep_id)
 
-    def command(self, name: str, config: str, overrides: tuple[str, ...]) -> list[str]:
-        return [sys.executable, str(REPO / "launch.py"), "-cd", str(REPO / "sweeps"), "-cn", config, *TINY,
-                f"data.root={self.root / 'data'}", f"checkpoint.dir={self.root / 'checkpoints'}",
-                f"hydra.sweep.dir={self.root / 'multirun' / name}", *overrides]
+    def command(self, name: str, config: str | None, overrides: tuple[str, ...]) -> list[str]:
+        """launch.py with a sweep file (`-cd sweeps -cn config`), or as a plain `launch.py -m` (config None)."""
+        head = ["-cd", str(REPO / "sweeps"), "-cn", config] if config else ["-m", *TINY_MODEL, CALLBACK]
+        return [sys.executable, str(REPO / "launch.py"), *head, *TINY, f"data.root={self.root / 'data'}",
+                f"checkpoint.dir={self.root / 'checkpoints'}", f"hydra.sweep.dir={self.root / 'multirun' / name}",
+                *overrides]
 
     def environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("LRA_SWEEP")}
         env["MLFLOW_TRACKING_URI"] = self.uri
         return env
 
-    def launch(self, name: str, *overrides: str, config: str = "tiny") -> subprocess.CompletedProcess:
+    def launch(self, name: str, *overrides: str, config: str | None = "tiny") -> subprocess.CompletedProcess:
         return subprocess.run(self.command(name, config, overrides), cwd=self.root, env=self.environment(),
                               capture_output=True, text=True, timeout=400)
 
@@ -89,8 +94,9 @@ def store(tmp_path_factory) -> Store:
 
 @pytest.fixture(scope="module")
 def grid(store) -> tuple[str, str]:
-    """`-m attention=softmax,tpr` (sweeps/tiny.yaml) on two joblib workers: (sweep id, parent run id)."""
-    result = store.launch("grid", "attention=softmax,tpr", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    """`launch.py -m attention=softmax,tpr` on two joblib workers: (sweep id, parent run id)."""
+    result = store.launch("grid", "attention=softmax,tpr", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                          config=None)
     assert result.returncode == 0, _explain(result)
     return _sweep_ids(result.stdout + result.stderr)
 
