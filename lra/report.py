@@ -164,7 +164,9 @@ def draw(rows: Sequence[Row], path: Path) -> None:
         ax.set_xlabel("training throughput (samples/s)")
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best", title="marker area: peak memory", title_fontsize=7)
+        legend = ax.legend(fontsize=7, loc="best", title="marker area: peak memory", title_fontsize=7)
+        for handle in legend.legend_handles:
+            handle.set_sizes([40])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
