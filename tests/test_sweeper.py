@@ -52,7 +52,8 @@ def test_search_space_uses_the_hydra_optuna_plugin_grammar():
 
 
 @pytest.mark.parametrize("value", [None, True, False, 3, -2, 1e-5, 0.1, 2.0, "softmax", "hrr-individual", "true",
-                                   "null", "1e-3", "a b", "sqlite:////tmp/x/optuna.db", "it's", "back\\slash", "end\\", "q\\'x"])
+                                   "null", "1e-3", "a b", "sqlite:////tmp/x/optuna.db", "it's", "back\\slash",
+                                   "end\\", "q\\'x"])
 def test_format_value_parses_back_to_the_same_value(value):
     parsed = OverridesParser.create().parse_overrides([f"key={format_value(value)}"])[0].value()
     assert parsed == value and type(parsed) is type(value)

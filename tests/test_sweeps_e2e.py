@@ -55,8 +55,8 @@ class Store:
         """launch.py with a sweep file (`-cd sweeps -cn config`), or as a plain `launch.py -m` (config None)."""
         head = ["-cd", str(REPO / "sweeps"), "-cn", config] if config else ["-m", *TINY_MODEL, CALLBACK]
         return [sys.executable, str(REPO / "launch.py"), *head, *TINY, f"data.root={self.root / 'data'}",
-                f"checkpoint.dir={self.root / 'checkpoints'}", f"hydra.sweep.dir={self.root / 'multirun' / name}",
-                *overrides]
+                f"checkpoint.dir={self.root / 'checkpoints' / name}",
+                f"hydra.sweep.dir={self.root / 'multirun' / name}", *overrides]
 
     def environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if not key.startswith("LRA_SWEEP")}
