@@ -29,7 +29,8 @@ def _tokens(tokens: np.ndarray, lengths: np.ndarray, index: np.ndarray, limit: O
         ids, lens = ids[:, :limit], np.minimum(lens, limit)
     width = max(1, int(lens.max()))  # the padded tail beyond the longest sample is never needed
     ids = torch.from_numpy(ids[:, :width].astype(np.int64))
-    mask = torch.arange(width)[None, :] < torch.from_numpy(lens)[:, None]
+    # the mask in numpy: a torch comparison would go through the intra-op thread pool, slow for small arrays
+    mask = torch.from_numpy(np.arange(width)[None, :] < lens[:, None])
     return ids, mask
 
 

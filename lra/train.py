@@ -112,7 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     chunk_size = int(cfg.gpu_memory[cfg.attention.name])
     limit = cfg.model.max_seq_len - (1 if cfg.model.pooling_mode == "CLS" else 0) if cfg.data.truncate else None
 
-    splits = load_splits(cfg.data, cfg.dataset, seed=t.seed)
+    splits = load_splits(cfg.data, cfg.dataset)
     _check_data(cfg, splits)
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)

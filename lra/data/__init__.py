@@ -82,13 +82,13 @@ def task_info(data_cfg: Mapping) -> dict[str, int]:
     return {"seq_len": loader.seq_len(params), "vocab_size": loader.vocab_size, "num_classes": loader.num_classes}
 
 
-def load_splits(data_cfg: Mapping, sizes: Mapping[str, int], *, seed: int = 0) -> dict[str, Split]:
+def load_splits(data_cfg: Mapping, sizes: Mapping[str, int], *, seed: int | None = None) -> dict[str, Split]:
     """{"train", "dev", "test"}: the first `sizes[split]` samples of each split (generated tasks: that many drawn,
-    from `seed`). Prepares or generates the arrays on first use and caches them under `data.root`; the samples
+    from `seed`, default `data.seed`). Prepares or generates the arrays on first use and caches them under `data.root`; the samples
     used are copied into memory unless `data.in_memory` is false (then they are read from the memory map)."""
     loader, common, params = parse(data_cfg, LOADERS)
     sizes = check_sizes(sizes)
-    manifest, arrays = _prepared(loader, common, params, sizes, int(seed))
+    manifest, arrays = _prepared(loader, common, params, sizes, common.seed if seed is None else int(seed))
     full = loader.splits(params, arrays, manifest)
     T = loader.seq_len(params)
     out = {}

@@ -17,7 +17,7 @@ from typing import Any
 
 from lra.errors import ConfigError
 
-COMMON_KEYS = ("loader", "root", "source", "truncate", "in_memory")
+COMMON_KEYS = ("seed", "loader", "root", "source", "truncate", "in_memory")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class DataConfig:
     root: str = "data"  # prepared and generated arrays live below this folder
     source: str | None = None  # the release files (their folder), or None
     truncate: bool = False  # cut sequences longer than the task's length instead of failing
+    seed: int = 0  # draws generated tasks: the same data for every training seed unless changed
     in_memory: bool = True  # copy the samples used into RAM at load (false: read them from the memory map)
 
 
