@@ -30,7 +30,7 @@ TINY = ["dataset.train=32", "dataset.dev=16", "dataset.test=16", "training.batch
 TINY_MODEL = ["model.embedding_dim=16", "model.transformer_hidden_dim=32", "model.num_head=2", "model.head_dim=8",
               "model.num_layers=1"]  # as sweeps/tiny.yaml
 CALLBACK = "++hydra.callbacks.sweep_run._target_=lra.sweep.SweepRunCallback"  # as in conf/config.yaml
-FAST_HEARTBEAT = ["hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=4"]
+FAST_HEARTBEAT = ["hydra.sweeper.heartbeat_interval=2", "hydra.sweeper.grace_period=10"]  # a loaded CI box
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
