@@ -1,6 +1,7 @@
 """Throwaway benchmark of the five mechanisms (fwd+bwd); `python -m lra.bench` will replace it.
 
-Time: median wall time of fwd+bwd over interleaved repetitions (all mechanisms in each round, one process).
+Time: median and minimum wall time of fwd+bwd over interleaved repetitions (all mechanisms in each round,
+one process); the minimum is the steadier one on a shared machine.
 Memory: peak bytes live in the torch CPU allocator during one fwd+bwd above what was live before it,
 read from the profiler's allocation events (`total_allocated`, torch.profiler with profile_memory=True);
 inputs and parameters are allocated before and not counted. Both are given as ratios to softmax.
@@ -62,16 +63,18 @@ def run(steps: dict, reps: int, warmup: int = 1) -> tuple[dict, dict]:
     peaks, kernels = {}, {}
     for name, step in steps.items():
         peaks[name], kernels[name] = peak_bytes(step)
-    return {n: statistics.median(t) for n, t in times.items()}, peaks, kernels
+    return {n: (statistics.median(t), min(t)) for n, t in times.items()}, peaks, kernels
 
 
 def table(title: str, med: dict, peaks: dict, kernels: dict, base: str) -> None:
     print(f"\n{title}")
-    print("| mechanism | time ms | time ratio | peak MB | memory ratio | SDPA kernel |")
-    print("|---|---:|---:|---:|---:|---|")
-    for n in med:
-        print(f"| {n} | {med[n] * 1e3:.1f} | {med[n] / med[base]:.3f} | {peaks[n] / 2**20:.1f} "
-              f"| {peaks[n] / max(peaks[base], 1):.3f} | {', '.join(sorted(kernels[n])) or '-'} |")
+    print("| mechanism | median ms | min ms | time ratio (median) | time ratio (min) | peak MB | memory ratio "
+          "| SDPA kernel |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for n, (mid, low) in med.items():
+        print(f"| {n} | {mid * 1e3:.1f} | {low * 1e3:.1f} | {mid / med[base][0]:.3f} | {low / med[base][1]:.3f} "
+              f"| {peaks[n] / 2**20:.1f} | {peaks[n] / max(peaks[base], 1):.3f} "
+              f"| {', '.join(sorted(kernels[n])) or '-'} |")
 
 
 def main() -> None:
@@ -82,11 +85,14 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--mechanisms", nargs="+", default=list(ATTENTIONS))
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--extra", action="store_true",
                     help="also hrr-individual with block_size=0 (plain two-GEMM autograd form) and "
                          "hrr-bundled's two read-out forms")
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, B={args.batch}, "
           f"heads={args.heads}, H={args.head_dim}, fwd+bwd, {args.reps} interleaved reps, float32")
     for T in args.seq_lens:
