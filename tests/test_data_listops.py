@@ -7,7 +7,7 @@ import pytest
 from data_fixtures import data_cfg, lra_to_string, lra_tree, write_listops
 
 from lra.data import listops, load_splits
-from lra.data.tasks import TASKS
+from lra.data.tasks import task_preset
 from lra.errors import ConfigError
 
 MAX, MIN, MED, SM, X = 12, 11, 13, 14, 15  # ids of [MAX [MIN [MED [SM and X in listops.VOCAB
@@ -104,16 +104,32 @@ def test_release_corrupt_file_names_file_and_line(tmp_path, mutate, line, messag
 
 def test_release_missing_files_name_layout_and_command(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.source=None.*no prepared listops data.*basic_train\.tsv.*"
-                                          r"python -m lra\.data prepare listops-release --source PATH --root"):
+                                          r"python -m lra\.data prepare listops --source PATH --root \S+ "
+                                          r"--set loader=listops`"):
         load_splits(data_cfg("listops", tmp_path / "data"), {"train": 1, "dev": 1, "test": 1})
     sizes = {"train": 1, "dev": 1, "test": 1}
     with pytest.raises(ConfigError, match=r"nothing-here'?: does not exist.*expected layout: PATH/basic_train\.tsv"
-                                          r".*python -m lra\.data prepare listops-release"):
+                                          r".*python -m lra\.data prepare listops --source PATH"):
         load_splits(data_cfg("listops", tmp_path / "data", tmp_path / "nothing-here"), sizes)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"basic_train\.tsv not found \(looked in .*empty, .*empty/listops-1000"
                                           r".*expected layout.*python -m lra\.data prepare"):
         load_splits(data_cfg("listops", tmp_path / "data", tmp_path / "empty"), sizes)
+
+
+def test_release_the_suggested_command_prepares_what_training_reads(tmp_path, capsys):
+    import shlex
+
+    from lra.data.__main__ import main
+
+    cfg = data_cfg("listops", tmp_path / "data")
+    with pytest.raises(ConfigError) as info:
+        load_splits(cfg, {"train": 1, "dev": 1, "test": 1})
+    command = shlex.split(str(info.value).split("`")[1].replace("PATH", str(release(tmp_path))))
+    assert command[:5] == ["python", "-m", "lra.data", "prepare", "listops"]
+    assert main(command[3:]) == 0
+    assert "listops: " in capsys.readouterr().out
+    assert load_splits(cfg, {"train": 3, "dev": 1, "test": 2})["train"].labels.tolist() == [9, 1, 3]  # no source
 
 
 # ------------------------------------------------------------------------------------------------- generator
@@ -160,7 +176,7 @@ def test_generator_samples_are_valid_distinct_and_deterministic(monkeypatch):
 
 
 def test_generated_task_through_load_splits(tmp_path):
-    cfg = {**TASKS["listops-small"]["data"], "root": str(tmp_path)}
+    cfg = {**task_preset("listops-small")["data"], "root": str(tmp_path)}
     sizes = {"train": 300, "dev": 20, "test": 20}  # listops-small: 10 < length < 128
     splits = load_splits(cfg, sizes, seed=1)
     assert {k: len(v) for k, v in splits.items()} == sizes

@@ -5,13 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from lra.data import check_data_config, load_splits, snakes
-from lra.data.tasks import TASKS
+from lra.data import LOADERS, check_data_config, load_splits, snakes
+from lra.data.params import parse
+from lra.data.tasks import task_preset
 from lra.errors import ConfigError
 
 
 def params(task: str) -> snakes.SnakeParams:
-    return snakes.SnakeParams(**{k: v for k, v in TASKS[task]["data"].items() if k != "loader"})
+    loader, _, p = parse(task_preset(task)["data"], LOADERS)  # the task's data node in conf/task/<task>.yaml
+    assert isinstance(p, snakes.SnakeParams)
+    return p
 
 
 def points(paddle):
@@ -69,7 +72,7 @@ def test_labels_balanced_and_images_deterministic(monkeypatch):
 
 
 def test_generated_task_through_load_splits(tmp_path):
-    cfg = {**TASKS["pathfinder-small"]["data"], "root": str(tmp_path)}
+    cfg = {**task_preset("pathfinder-small")["data"], "root": str(tmp_path)}
     splits = load_splits(cfg, {"train": 12, "dev": 4, "test": 4}, seed=0)
     train = splits["train"]
     assert train.tokens.shape == (12, 256) and np.all(train.lengths == 256)
@@ -85,11 +88,11 @@ def test_generated_task_through_load_splits(tmp_path):
 ])
 def test_generator_parameters_checked(key, value, message):
     with pytest.raises(ConfigError, match=rf"data\.{key}={value!r}: {message}"):
-        check_data_config({**TASKS["pathfinder-small"]["data"], key: value})
+        check_data_config({**task_preset("pathfinder-small")["data"], key: value})
 
 
 def test_snakes_that_cannot_fit_are_a_config_error(tmp_path):
-    cfg = {**TASKS["pathfinder-small"]["data"], "root": str(tmp_path), "contour_length": 40}
+    cfg = {**task_preset("pathfinder-small")["data"], "root": str(tmp_path), "contour_length": 40}
     with pytest.raises(ConfigError, match=r"data\.contour_length=40: two target snakes of 40 paddles did not fit "
                                           r"in a 16x16 image"):
         load_splits(cfg, {"train": 2, "dev": 2, "test": 2})

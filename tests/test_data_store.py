@@ -121,14 +121,15 @@ def test_cli_help_runs_as_a_module():
     assert "prepare" in out.stdout and "generate" in out.stdout
     out = subprocess.run([sys.executable, "-m", "lra.data", "prepare", "--help"], capture_output=True, text=True,
                          check=True)
-    assert "--source" in out.stdout and "listops-release" in out.stdout
+    assert "--source" in out.stdout and "listops-medium" in out.stdout and "pathfinder32-generated" in out.stdout
 
 
 def _generate_in_child(root: str, queue) -> None:
-    from lra.data.tasks import TASKS
+    from lra.data.tasks import task_preset
 
     try:
-        splits = load_splits({**TASKS["listops-small"]["data"], "root": root}, {"train": 2000, "dev": 50, "test": 50})
+        splits = load_splits({**task_preset("listops-small")["data"], "root": root},
+                             {"train": 2000, "dev": 50, "test": 50})
         queue.put(np.asarray(splits["train"].tokens).tobytes())
     except Exception as error:  # reported to the parent
         queue.put(repr(error))

@@ -3,6 +3,9 @@
     python -m lra.data tasks
     python -m lra.data prepare text --source ~/lra_release/aclImdb [--root data]
     python -m lra.data generate listops [--root data] [--seed 0]
+
+The tasks are the files of the Hydra task group, conf/task/<name>.yaml: a task's `data` node and `dataset` sizes
+are those of `python launch.py task=<name>` (lra/data/tasks.py composes them).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from lra.errors import ConfigError
 
 EPILOG = """examples:
   python -m lra.data tasks                                           list the tasks and what they need
-  python -m lra.data prepare listops-release --source lra_release/listops-1000
+  python -m lra.data prepare listops --set loader=listops --source lra_release/listops-1000
+                                                                     (the release files of ListOps)
   python -m lra.data prepare text --source aclImdb                   (aclImdb_v1.tar.gz, extracted)
   python -m lra.data prepare retrieval --source lra_release/tsv_data
   python -m lra.data prepare image --source cifar-10-batches-bin     (cifar-10-binary.tar.gz, extracted)
@@ -26,7 +30,8 @@ EPILOG = """examples:
   python -m lra.data generate pathfinder-small --train 2000
 
 Prepared arrays go to <root>/<loader>/<hash of the parameters>/ with a manifest.json; a training run with the
-same `data` config finds them there (data.root, default `data`)."""
+same `data` config finds them there (data.root, default `data`). Generated tasks are drawn from the task's
+data.seed (as training draws them) unless --seed says otherwise."""
 
 
 def _value(text: str):
@@ -44,9 +49,9 @@ def _value(text: str):
 
 
 def _data_config(args) -> dict:
-    from lra.data.tasks import TASKS
+    from lra.data.tasks import task_preset
 
-    data = dict(TASKS[args.task]["data"])
+    data = task_preset(args.task)["data"]
     data["root"] = args.root
     if getattr(args, "source", None):
         data["source"] = args.source
@@ -58,16 +63,17 @@ def _data_config(args) -> dict:
     return data
 
 
-def _run(args, sizes=None, seed: int = 0) -> int:
+def _run(args, sizes=None, seed: int | None = None) -> int:
     from lra.data import LOADERS, prepare
     from lra.data.base import GeneratedLoader
+    from lra.data.tasks import task_preset
 
     data = _data_config(args)
     loader = LOADERS.get(data["loader"])
     if isinstance(loader, GeneratedLoader) and sizes is None:
-        from lra.data.tasks import TASKS
-
-        sizes = dict(TASKS[args.task]["dataset"])
+        sizes = task_preset(args.task)["dataset"]
+    if seed is None:
+        seed = data.get("seed", 0)
     started = time.time()
     folder, manifest = prepare(data, sizes=sizes, seed=seed, force=args.force)
     seconds = time.time() - started
@@ -81,7 +87,9 @@ def _run(args, sizes=None, seed: int = 0) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lra.data.tasks import TASKS
+    from lra.data.tasks import task_names, task_preset, task_presets
+
+    names = task_names()
 
     parser = argparse.ArgumentParser(prog="python -m lra.data", description=__doc__.split("\n")[0],
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("tasks", help="list the tasks, their data nodes, sample counts and model sizes")
     bench = commands.add_parser("bench", help="time batch gathering per task (and, with --generators, the "
                                               "Pathfinder generator)")
-    bench.add_argument("--tasks", nargs="*", help="tasks to time (default: all)")
+    bench.add_argument("--tasks", nargs="*", choices=names, metavar="TASK",
+                       help="tasks to time (default: one per distinct array shape): " + ", ".join(names))
     bench.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     bench.add_argument("--seconds", type=float, default=2.0, help="time per task (default 2)")
     bench.add_argument("--generators", action="store_true", help="also time the Pathfinder generator")
@@ -102,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                             ("generate", "generate a generated task's arrays now (else the first run does)")):
         sub = commands.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter,
                                   epilog=EPILOG)
-        sub.add_argument("task", choices=sorted(TASKS), metavar="TASK", help=f"one of: {', '.join(sorted(TASKS))}")
+        sub.add_argument("task", choices=names, metavar="TASK",
+                         help=f"a file of conf/task/ (as launch.py's task=...): one of: {', '.join(names)}")
         sub.add_argument("--root", default="data", help="folder of prepared arrays (data.root; default: data)")
         sub.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="override one parameter of the task's data node (repeatable), e.g. max_length=1000")
@@ -110,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         if name == "prepare":
             sub.add_argument("--source", help="the folder with the release files (data.source)")
         else:
-            sub.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+            sub.add_argument("--seed", type=int, default=None, help="generator seed (default: the task's data.seed)")
             for split in ("train", "dev", "test"):
                 sub.add_argument(f"--{split}", type=int, help=f"samples in {split} (default: the task's)")
 
     args = parser.parse_args(argv)
     try:
         if args.command == "tasks":
-            for task, spec in TASKS.items():
+            for task, spec in task_presets().items():
                 print(f"{task}:\n  data: {json.dumps(spec['data'])}\n  dataset: {json.dumps(spec['dataset'])}"
                       f"\n  model: {json.dumps(spec['model'])}")
             return 0
@@ -127,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(args)
         if args.command == "prepare":
             return _run(args)
-        sizes = dict(TASKS[args.task]["dataset"])
+        sizes = task_preset(args.task)["dataset"]
         for split in ("train", "dev", "test"):
             if getattr(args, split) is not None:
                 sizes[split] = getattr(args, split)

@@ -13,20 +13,33 @@ from pathlib import Path
 
 import numpy as np
 
-# task -> (samples, length T, token dtype, two documents)
-SHAPES = {
-    "listops": (96000, 2000, np.uint8, False),
-    "listops-small": (10000, 128, np.uint8, False),
-    "listops-medium": (20000, 512, np.uint8, False),
-    "text": (25000, 4000, np.uint8, False),
-    "text-small": (5000, 512, np.uint8, False),
-    "retrieval": (147086, 4000, np.uint8, True),
-    "retrieval-small": (10000, 512, np.uint8, True),
-    "image": (45000, 1024, np.int16, False),
-    "image-small": (1437, 64, np.uint8, False),
-    "pathfinder32": (160000, 1024, np.int16, False),
-    "pathfinder-small": (10000, 256, np.int16, False),
-}
+# Token dtypes of the prepared arrays: the smallest that holds the loader's ids, except for bytes (text,
+# retrieval), whose arrays are uint8 unless a document holds the byte 0xFF (as the real releases do not).
+BYTE_LOADERS = ("text", "retrieval")
+
+
+def shape(task: str) -> tuple[int, int, np.dtype, bool]:
+    """(samples, length T, token dtype, two documents) of `task`'s train split, from its conf/task file."""
+    from lra.data import LOADERS, sequence_length
+    from lra.data.store import token_dtype
+    from lra.data.tasks import task_preset
+
+    preset = task_preset(task)
+    data = preset["data"]
+    loader = LOADERS[data["loader"]]
+    dtype = np.dtype(np.uint8) if loader.name in BYTE_LOADERS else token_dtype(loader.vocab_size - 1)
+    return preset["dataset"]["train"], sequence_length(data), dtype, loader.name == "retrieval"
+
+
+def distinct_shapes(tasks) -> list[str]:
+    """The first task of each distinct array shape (the default set to time)."""
+    seen, out = set(), []
+    for task in tasks:
+        key = shape(task)
+        if key not in seen:
+            seen.add(key)
+            out.append(task)
+    return out
 
 
 def synthetic_split(folder: Path, n: int, T: int, dtype, dual: bool, rng: np.random.Generator):
@@ -79,7 +92,7 @@ def bench_gather(tasks: list[str], batch: int, seconds: float) -> list[tuple]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
-            n, T, dtype, dual = SHAPES[task]
+            n, T, dtype, dual = shape(task)
             folder = Path(tmp) / task
             folder.mkdir()
             mapped_split = synthetic_split(folder, n, T, dtype, dual, rng)
@@ -95,12 +108,15 @@ def bench_gather(tasks: list[str], batch: int, seconds: float) -> list[tuple]:
 
 
 def bench_generators(images: int, workers: int | None) -> list[tuple[str, float]]:
-    from lra.data import snakes
-    from lra.data.tasks import TASKS
+    from lra.data import LOADERS, snakes
+    from lra.data.params import parse
+    from lra.data.tasks import task_presets
 
     rows = []
-    for task in ("pathfinder32-generated", "pathfinder-small"):
-        p = snakes.SnakeParams(**{k: v for k, v in TASKS[task]["data"].items() if k != "loader"})
+    generated = [(task, spec["data"]) for task, spec in task_presets().items()
+                 if spec["data"]["loader"] == snakes.PathfinderGenerated.name]
+    for task, data in generated:
+        _, _, p = parse(data, LOADERS)
         snakes.geometry(p)
         start = time.perf_counter()
         snakes.generate_images(p, images, seed=0, workers=workers)
@@ -116,7 +132,9 @@ def main(args) -> int:
     if args.generators:
         for task, rate in bench_generators(args.images, args.workers):
             print(f"{task:24s} {rate:10.0f} images/s ({args.images} images, workers={args.workers or 'all cores'})")
-    tasks = args.tasks or list(SHAPES)
+    from lra.data.tasks import task_names
+
+    tasks = args.tasks or distinct_shapes(task_names())
     print(f"batch {args.batch}, samples/s (ms per batch); torch threads {torch.get_num_threads()}")
     print(f"{'task':18s} {'array':26s} {'Split.batch':>22s} {'lra.batches.make_batch':>24s} {'memory-mapped':>22s}")
     for task, shape, rate, through, mapped in bench_gather(tasks, args.batch, args.seconds):

@@ -1,98 +1,77 @@
-"""Each task's `data` node, the sample counts it uses and the model sizes its data need.
+"""The tasks of `python -m lra.data`, read from the Hydra task group `conf/task/<name>.yaml` (the only source).
 
-`conf/task/<name>.yaml` carries the same `data` node (the `dataset` sizes and model values are listed here for
-`python -m lra.data` and for reference). Values and where they come from:
-- LRA code: google-research/long-range-arena `lra_benchmarks/` (generators, input pipelines, configs).
-- seed: Nystromformer's `LRA/code/lra_config.py` (the sample counts of listops, image, retrieval, text).
+Each task's preset is what the trainer sees for `task=<name>`: the `data` node of the composed config exactly as
+the trainer passes it to `lra.data.load_splits` (the task's keys over the defaults of `conf/config.yaml`), the
+`dataset` sizes, and the model values its data must fit (`model.{vocab_size,max_seq_len,num_classes,
+pooling_mode}`). Configs are composed on first use only (the CLI's `--help` needs the names alone) and cached.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
 import shlex
+from pathlib import Path
 from typing import Any
 
-TASKS: dict[str, dict[str, Any]] = {
-    # ListOps, generated locally with the LRA generator (flags of lra_benchmarks/data/listops.py)
-    "listops": {
-        "data": {"loader": "listops-generated", "max_depth": 10, "max_args": 10, "min_length": 500,
-                 "max_length": 2000},
-        "dataset": {"train": 96000, "dev": 2000, "test": 2000},  # LRA generator defaults = seed
-        "model": {"vocab_size": 16, "max_seq_len": 2000, "num_classes": 10},
-    },
-    # ListOps from the release files (lra_release/listops-1000)
-    "listops-release": {
-        "data": {"loader": "listops", "max_length": 2000},
-        "dataset": {"train": 96000, "dev": 2000, "test": 2000},
-        "model": {"vocab_size": 16, "max_seq_len": 2000, "num_classes": 10},
-    },
-    # the default experiment: shallow trees (depth <= 3), 11..122 tokens; a small transformer passes 0.4 in an
-    # epoch (majority class 0.16)
-    "listops-small": {
-        "data": {"loader": "listops-generated", "max_depth": 3, "max_args": 10, "min_length": 10,
-                 "max_length": 128},
-        "dataset": {"train": 10000, "dev": 1000, "test": 1000},
-        "model": {"vocab_size": 16, "max_seq_len": 128, "num_classes": 10},
-    },
-    # depth <= 6, 101..511 tokens (mean 193): a longer CPU run
-    "listops-medium": {
-        "data": {"loader": "listops-generated", "max_depth": 6, "max_args": 10, "min_length": 100,
-                 "max_length": 512},
-        "dataset": {"train": 20000, "dev": 2000, "test": 2000},
-        "model": {"vocab_size": 16, "max_seq_len": 512, "num_classes": 10},
-    },
-    "text": {
-        "data": {"loader": "text", "max_length": 4000, "dev_split": "test", "truncate": True},
-        "dataset": {"train": 25000, "dev": 25000, "test": 25000},  # seed; LRA validates on test
-        "model": {"vocab_size": 257, "max_seq_len": 4000, "num_classes": 2},
-    },
-    "text-small": {
-        "data": {"loader": "text", "max_length": 512, "dev_split": "train", "dev_fraction": 0.1,
-                 "truncate": True},
-        "dataset": {"train": 5000, "dev": 1000, "test": 1000},
-        "model": {"vocab_size": 257, "max_seq_len": 512, "num_classes": 2},
-    },
-    "retrieval": {
-        "data": {"loader": "retrieval", "max_length": 4000, "truncate": True},
-        "dataset": {"train": 147086, "dev": 18090, "test": 17437},  # seed (= the release's line counts)
-        "model": {"vocab_size": 257, "max_seq_len": 4000, "num_classes": 2},
-    },
-    "retrieval-small": {
-        "data": {"loader": "retrieval", "max_length": 512, "truncate": True},
-        "dataset": {"train": 10000, "dev": 1000, "test": 1000},
-        "model": {"vocab_size": 257, "max_seq_len": 512, "num_classes": 2},
-    },
-    "image": {
-        "data": {"loader": "image", "dev_fraction": 0.1},
-        "dataset": {"train": 45000, "dev": 5000, "test": 10000},  # seed = LRA's train[:90%]/train[90%:]/test
-        "model": {"vocab_size": 257, "max_seq_len": 1024, "num_classes": 10},
-    },
-    "image-small": {
-        "data": {"loader": "image-digits", "split_seed": 0},
-        "dataset": {"train": 1437, "dev": 179, "test": 181},  # all 1797 digits, 80/10/10
-        "model": {"vocab_size": 18, "max_seq_len": 64, "num_classes": 10},
-    },
-    "pathfinder32": {
-        "data": {"loader": "pathfinder", "resolution": 32, "difficulty": "hard", "split_seed": 0},
-        "dataset": {"train": 160000, "dev": 20000, "test": 20000},  # 80/10/10 of 200k (less any empty images)
-        "model": {"vocab_size": 257, "max_seq_len": 1024, "num_classes": 2},
-    },
-    "pathfinder32-generated": {
-        "data": {"loader": "pathfinder-generated", "resolution": 32, "contour_length": 14, "distractor_length": 4,
-                 "num_distractor_snakes": 5, "paddle_length": 2, "paddle_thickness": 0.5, "paddle_margin": 1,
-                 "marker_radius": 1.5, "seed_distance": 7, "continuity": 1.0, "padding": 1},
-        "dataset": {"train": 160000, "dev": 20000, "test": 20000},
-        "model": {"vocab_size": 257, "max_seq_len": 1024, "num_classes": 2},
-    },
-    # 16x16 (256 tokens), two 4-paddle targets and two 2-paddle distractors: a Pathfinder a CPU can train on
-    "pathfinder-small": {
-        "data": {"loader": "pathfinder-generated", "resolution": 16, "contour_length": 4, "distractor_length": 2,
-                 "num_distractor_snakes": 2, "paddle_length": 2, "paddle_thickness": 0.5, "paddle_margin": 1,
-                 "marker_radius": 1.5, "seed_distance": 5, "continuity": 1.0, "padding": 1},
-        "dataset": {"train": 10000, "dev": 1000, "test": 1000},
-        "model": {"vocab_size": 257, "max_seq_len": 256, "num_classes": 2},
-    },
-}
+MODEL_KEYS = ("vocab_size", "max_seq_len", "num_classes", "pooling_mode")
+# Hydra's own logging groups do not touch the app config; composing them as `none` saves about a quarter of the
+# time of a compose.
+_QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
+
+
+def conf_dir() -> Path:
+    import lra
+
+    return Path(lra.__file__).resolve().parents[1] / "conf"
+
+
+@functools.lru_cache(maxsize=1)
+def task_names() -> tuple[str, ...]:
+    """The task names: the files of `conf/task/` (sorted; nothing is composed)."""
+    return tuple(sorted(path.stem for path in (conf_dir() / "task").glob("*.yaml")))
+
+
+def task_preset(name: str) -> dict[str, dict[str, Any]]:
+    """{"data", "dataset", "model"} of `task=<name>` (a fresh copy; composed once per process)."""
+    import copy
+
+    if name not in task_names():
+        from lra.errors import ConfigError
+
+        raise ConfigError("task", name, f"no such task in {conf_dir() / 'task'}",
+                          f"use one of: {', '.join(task_names())}")
+    return copy.deepcopy(_composed(name))
+
+
+def task_presets() -> dict[str, dict[str, dict[str, Any]]]:
+    """{task name: task_preset(name)} for every file of `conf/task/` (composes each task on first use)."""
+    return {name: task_preset(name) for name in task_names()}
+
+
+@functools.lru_cache(maxsize=None)
+def _composed(name: str) -> dict[str, dict[str, Any]]:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    # Inside a running Hydra app (a training run whose data is missing asks prepare_command), set its Hydra aside
+    # while composing, and put it back after.
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    if outer is not None:
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"task={name}", *_QUIET])
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(outer)
+    model = cfg.get("model") or {}
+    return {"data": OmegaConf.to_container(cfg.data, resolve=True),
+            "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+            "model": {key: model.get(key) for key in MODEL_KEYS}}
 
 
 def _format(value: Any) -> str:
@@ -104,19 +83,36 @@ def _format(value: Any) -> str:
 
 
 def prepare_command(loader: str, params: Any, root: str, source: str | None = None) -> str:
-    """The `python -m lra.data` command that makes the arrays a `data` node with `loader` and `params` needs."""
+    """The `python -m lra.data` command that makes the arrays a `data` node with `loader` and `params` needs: the
+    task whose data node differs least, with `--set` for the differences. A loader no task uses is reached through
+    a task whose own keys it also takes (`--set loader=<loader>`)."""
+    from lra.data import LOADERS
+    from lra.data.base import GeneratedLoader
+    from lra.data.params import COMMON_KEYS
+
     wanted = dataclasses.asdict(params)
-    best, best_diff = None, None
-    for task, spec in TASKS.items():
+    own = set(wanted)
+    try:
+        presets = task_presets()
+    except Exception:  # a broken conf must not hide the error this command is suggested for
+        presets = {}
+    best, best_key, best_diff = None, None, None
+    for task, spec in presets.items():
         data = spec["data"]
-        if data["loader"] != loader:
-            continue
+        switch = data.get("loader") != loader
+        if switch and any(k not in own and k not in COMMON_KEYS for k in data):
+            continue  # --set loader=... would leave keys the wanted loader rejects
         diff = {k: v for k, v in wanted.items() if data.get(k, _default(params, k)) != v}
-        if best_diff is None or len(diff) < len(best_diff):
-            best, best_diff = task, diff
-    verb = "generate" if TASKS.get(best, {}).get("data", {}).get("loader", "").endswith("generated") else "prepare"
+        if switch:
+            diff = {"loader": loader, **diff}
+        similarity = difflib.SequenceMatcher(None, str(data.get("loader")), loader).ratio()
+        key = (switch, len(diff), -similarity, task)
+        if best_key is None or key < best_key:
+            best, best_key, best_diff = task, key, diff
+    target = LOADERS.get(loader)
+    verb = "generate" if isinstance(target, GeneratedLoader) else "prepare"
     parts = ["python", "-m", "lra.data", verb, best or loader]
-    if verb == "prepare" and loader != "image-digits":
+    if verb == "prepare" and not getattr(target, "builtin", False):
         parts += ["--source", source or "PATH"]
     if root != "data":
         parts += ["--root", root]
