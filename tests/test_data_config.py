@@ -137,4 +137,4 @@ def test_prepare_command_names_the_closest_task():
     assert command({"loader": "listops-generated", "max_depth": 6, "min_length": 100, "max_length": 512}) == \
         "python -m lra.data generate listops-medium"
     # no conf task reads the ListOps release: the task with no keys the release loader rejects, loader switched
-    assert command({"loader": "listops"}) == "python -m lra.data prepare listops --source PATH --set loader=listops"
+    assert command({"loader": "listops"}) == "python -m lra.data prepare listops-release --source PATH"

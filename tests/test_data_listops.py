@@ -104,8 +104,7 @@ def test_release_corrupt_file_names_file_and_line(tmp_path, mutate, line, messag
 
 def test_release_missing_files_name_layout_and_command(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.source=None.*no prepared listops data.*basic_train\.tsv.*"
-                                          r"python -m lra\.data prepare listops --source PATH --root \S+ "
-                                          r"--set loader=listops`"):
+                                          r"python -m lra\.data prepare listops-release --source PATH --root \S+`"):
         load_splits(data_cfg("listops", tmp_path / "data"), {"train": 1, "dev": 1, "test": 1})
     sizes = {"train": 1, "dev": 1, "test": 1}
     with pytest.raises(ConfigError, match=r"nothing-here'?: does not exist.*expected layout: PATH/basic_train\.tsv"

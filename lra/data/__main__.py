@@ -19,7 +19,7 @@ from lra.errors import ConfigError
 
 EPILOG = """examples:
   python -m lra.data tasks                                           list the tasks and what they need
-  python -m lra.data prepare listops --set loader=listops --source lra_release/listops-1000
+  python -m lra.data prepare listops-release --source lra_release/listops-1000
                                                                      (the release files of ListOps)
   python -m lra.data prepare text --source aclImdb                   (aclImdb_v1.tar.gz, extracted)
   python -m lra.data prepare retrieval --source lra_release/tsv_data
