@@ -108,7 +108,7 @@ def test_release_missing_files_name_layout_and_command(tmp_path):
         load_splits(data_cfg("listops", tmp_path / "data"), {"train": 1, "dev": 1, "test": 1})
     sizes = {"train": 1, "dev": 1, "test": 1}
     with pytest.raises(ConfigError, match=r"nothing-here'?: does not exist.*expected layout: PATH/basic_train\.tsv"
-                                          r".*python -m lra\.data prepare listops --source PATH"):
+                                          r".*python -m lra\.data prepare listops-release --source PATH"):
         load_splits(data_cfg("listops", tmp_path / "data", tmp_path / "nothing-here"), sizes)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"basic_train\.tsv not found \(looked in .*empty, .*empty/listops-1000"
@@ -125,7 +125,7 @@ def test_release_the_suggested_command_prepares_what_training_reads(tmp_path, ca
     with pytest.raises(ConfigError) as info:
         load_splits(cfg, {"train": 1, "dev": 1, "test": 1})
     command = shlex.split(str(info.value).split("`")[1].replace("PATH", str(release(tmp_path))))
-    assert command[:5] == ["python", "-m", "lra.data", "prepare", "listops"]
+    assert command[:5] == ["python", "-m", "lra.data", "prepare", "listops-release"]
     assert main(command[3:]) == 0
     assert "listops: " in capsys.readouterr().out
     assert load_splits(cfg, {"train": 3, "dev": 1, "test": 2})["train"].labels.tolist() == [9, 1, 3]  # no source
