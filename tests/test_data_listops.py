@@ -127,7 +127,7 @@ def test_release_the_suggested_command_prepares_what_training_reads(tmp_path, ca
     command = shlex.split(str(info.value).split("`")[1].replace("PATH", str(release(tmp_path))))
     assert command[:5] == ["python", "-m", "lra.data", "prepare", "listops-release"]
     assert main(command[3:]) == 0
-    assert "listops: " in capsys.readouterr().out
+    assert "listops-release: " in capsys.readouterr().out
     assert load_splits(cfg, {"train": 3, "dev": 1, "test": 2})["train"].labels.tolist() == [9, 1, 3]  # no source
 
 
