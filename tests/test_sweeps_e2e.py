@@ -161,16 +161,12 @@ def test_optuna_sweep_prunes_trials_from_inside_the_job(store):
         assert runs[trial.number].data.tags["pruned"] == "true"
 
 
-def test_bad_objective_or_config_stops_the_sweep_before_any_trial(store):
+def test_unknown_objective_stops_the_sweep_before_any_trial(store):
     result = store.launch("bad-objective", "hydra.sweeper.study_name=bad-objective", "sweep.objective=accuracy",
                           config="tiny_search")
     assert result.returncode == 1 and "sweep.objective='accuracy'" in result.stderr, _explain(result)
-    result = store.launch("bad-config", "hydra.sweeper.study_name=bad-config", "model.pooling_mode=BAD",
-                          config="tiny_search")
-    assert result.returncode == 1 and "model.pooling_mode='BAD'" in result.stderr, _explain(result)
-    names = optuna.get_all_study_names(store.optuna_url)
-    assert "bad-objective" not in names and "bad-config" not in names
-    assert store.runs("bad-objective") == [] and store.runs("bad-config") == []
+    assert "bad-objective" not in optuna.get_all_study_names(store.optuna_url)
+    assert store.runs("bad-objective") == []
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:
