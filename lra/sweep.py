@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -39,6 +40,11 @@ PARENT_TAG = "lra.sweep_parent"  # "true" on a sweep's parent run; job runs lack
 
 def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def redact(text: str) -> str:
+    """`text` with the passwords of URLs (`scheme://user:password@host`) replaced by ***."""
+    return re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", text)
 
 
 def tracking_uri_of(cfg: DictConfig) -> str:
@@ -154,7 +160,7 @@ class SweepRunCallback(Callback):
             self.client.update_run(parent.info.run_id, status="RUNNING")
             return parent.info.run_id
         tags = {"sweep_id": self.sweep_id, PARENT_TAG: "true", "task": str(OmegaConf.select(config, "task")),
-                "sweep.command": " ".join(sys.argv)[:5000],
+                "sweep.command": redact(" ".join(sys.argv))[:5000],
                 "sweep.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_", default="")),
                 "sweep.objective": str(OmegaConf.select(config, "sweep.objective", default=""))}
         mine = self.client.create_run(self.experiment_id, run_name=self.sweep_id, tags=tags).info.run_id

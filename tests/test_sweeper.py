@@ -24,6 +24,7 @@ from hydra_plugins.lra_optuna_sweeper._impl import (  # noqa: E402
     FAIL_REASON_ATTR, HEARTBEAT_ATTR, LraOptunaSweeperImpl, default_direction, outcome)
 from hydra_plugins.lra_optuna_sweeper._space import format_value, parse_search_space  # noqa: E402
 from lra.errors import ConfigError  # noqa: E402
+from lra.sweep import redact  # noqa: E402
 from lra.trial import PRUNER_ATTR, make_storage, open_trial  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -165,3 +166,8 @@ def test_surplus_trials_of_racing_workers_are_not_launched(tmp_path):
     assert sweeper._ask(study, {"x": FloatDistribution(0, 1)}, 1) == []
     surplus = study.get_trials()[-1]
     assert surplus.state == TrialState.FAIL and surplus.user_attrs[FAIL_REASON_ATTR].startswith("surplus")
+
+
+def test_passwords_in_urls_are_redacted_from_logs_and_tags():
+    assert redact("storage=postgresql://lra:s3cret@db:5432/optuna x=sqlite:////a/b.db") == \
+        "storage=postgresql://lra:***@db:5432/optuna x=sqlite:////a/b.db"

@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 
 from lra.errors import ConfigError
 from lra.sweep import (ENV_PARENT_RUN_ID, ENV_SWEEP_ID, experiment_of, fail_orphan_runs, interrupt_on_sigterm,
-                       new_sweep_id, tracking_uri_of)
+                       new_sweep_id, redact, tracking_uri_of)
 from lra.trial import PRUNER_ATTR, make_storage
 
 from ._space import format_value, override_line, parse_search_space
@@ -198,7 +198,7 @@ class LraOptunaSweeperImpl(Sweeper):
                 time.sleep(0.5 * (attempt + 1))
         if study.direction.name.lower() != direction:
             raise ConfigError("hydra.sweeper.direction", direction,
-                              f"study {name!r} in {url} was created to {study.direction.name.lower()}",
+                              f"study {name!r} in {redact(url)} was created to {study.direction.name.lower()}",
                               "use the study's direction or a new hydra.sweeper.study_name")
         existing = len(study.get_trials(deepcopy=False))
         spec = dict(self.sampler_spec or {"_target_": "optuna.samplers.TPESampler"})
@@ -223,7 +223,7 @@ class LraOptunaSweeperImpl(Sweeper):
         self._validate_space(space, fixed, url, name)
         study = self._open_study(url, name, direction)
         self.study = study
-        log.info("study %r in %s: %s %s over %s, n_trials=%d, n_jobs=%d, sampler %s, pruner %s", name, url,
+        log.info("study %r in %s: %s %s over %s, n_trials=%d, n_jobs=%d, sampler %s, pruner %s", name, redact(url),
                  direction, objective, sorted(space), self.n_trials, self.n_jobs, type(study.sampler).__name__,
                  (self.pruner_spec or {}).get("_target_"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
