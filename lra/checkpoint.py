@@ -17,9 +17,11 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-# Keys that do not change what a run computes: where it logs, where it saves, how it reports progress.
-_NOT_IN_IDENTITY = ("tracking", "checkpoint", "sweep")
-_NOT_IN_IDENTITY_LEAVES = (("hardware", "num_threads"), ("training", "log_every"), ("training", "checkpoint_every"))
+# Keys that do not change what a run computes: where it logs, where it saves, how it reports progress. Of the
+# sweep node only the Optuna trial stays: two trials with equal parameters are still two runs.
+_NOT_IN_IDENTITY = ("tracking", "checkpoint")
+_NOT_IN_IDENTITY_LEAVES = (("hardware", "num_threads"), ("training", "log_every"), ("training", "checkpoint_every"),
+                           ("sweep", "id"), ("sweep", "parent_run_id"), ("sweep", "storage"))
 
 LAST = "last.pt"
 BEST = "best.pt"
