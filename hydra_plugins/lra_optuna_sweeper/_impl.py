@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_ATTR = "lra_heartbeat"      # trial user attribute: time.time() of the sweeper's last mark
 FAIL_REASON_ATTR = "lra_fail_reason"  # trial user attribute: why a trial ended FAIL
 MINIMIZED = ("peak_memory_mb",)       # besides *_loss: metrics where lower is better
-FALLBACK_METRICS = ("train_loss", "train_accuracy", "lr", "eval_loss", "eval_accuracy", "test_accuracy",
-                    "test_loss", "samples_per_second", "peak_memory_mb")
 
 
 class SweepAborted(RuntimeError):
@@ -58,12 +56,10 @@ class SweepAborted(RuntimeError):
 
 
 def known_metrics() -> tuple[str, ...]:
-    """The metrics a job can return: the trainer's OBJECTIVES if it names them, else its METRICS."""
-    try:
-        import lra.config as schema
-    except ImportError:
-        return FALLBACK_METRICS
-    return tuple(getattr(schema, "OBJECTIVES", None) or getattr(schema, "METRICS", FALLBACK_METRICS))
+    """The metrics a job can return (what `lra.train.train` returns)."""
+    from lra.config import OBJECTIVES
+
+    return OBJECTIVES
 
 
 def default_direction(objective: str) -> str:
