@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from pathlib import Path
 
 import numpy as np
 
-REAL_SAMPLES = Path("/work/shared/data/lra-release-samples")
+# Real slices of the release (see its SOURCES.md): beside the repository in shared/, or where the variable says.
+REAL_SAMPLES = Path(os.environ.get("LRA_RELEASE_SAMPLES",
+                                   Path(__file__).resolve().parents[2] / "shared" / "data" / "lra-release-samples"))
+
+
+def real_samples(*parts: str) -> Path:
+    """A path inside the real release samples; the test is skipped (with the reason) where they are absent."""
+    import pytest
+
+    path = REAL_SAMPLES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real release samples not found at {path} (set LRA_RELEASE_SAMPLES)")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------- ListOps

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from data_fixtures import REAL_SAMPLES, data_cfg, metadata_line, png_bytes, write_pathfinder
+from data_fixtures import real_samples, data_cfg, metadata_line, png_bytes, write_pathfinder
 
 from lra.data import load_splits
 from lra.errors import ConfigError
@@ -52,7 +52,7 @@ def test_release_images_labels_split_and_empty_skips(tmp_path):
                                                        ("easy", "curv_baseline", None)])
 def test_real_metadata_lines(tmp_path, difficulty, folder, zeros):
     """The first 30 real metadata lines of the release, with PNGs written here for the images they name."""
-    real = REAL_SAMPLES / "pathfinder" / "pathfinder32" / folder / "metadata" / "0.npy"
+    real = real_samples("pathfinder", "pathfinder32", folder, "metadata", "0.npy")
     base = tmp_path / "pathfinder32" / folder
     (base / "metadata").mkdir(parents=True)
     shutil.copy(real, base / "metadata" / "0.npy")

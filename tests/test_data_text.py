@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from data_fixtures import REAL_SAMPLES, data_cfg, write_aan, write_imdb
+from data_fixtures import real_samples, data_cfg, write_aan, write_imdb
 
 from lra.data import load_splits
 from lra.errors import ConfigError
@@ -76,7 +76,7 @@ def test_imdb_truncation_only_when_asked(tmp_path):
 
 def test_imdb_real_reviews(tmp_path):
     """The 40 real aclImdb reviews of the shared samples: every byte, every label."""
-    source = REAL_SAMPLES / "text" / "aclImdb"
+    source = real_samples("text", "aclImdb")
     splits = load_splits(data_cfg("text", tmp_path, source), {"train": 20, "dev": 20, "test": 20})
     for part, split in (("train", splits["train"]), ("test", splits["test"])):
         expected = {}
