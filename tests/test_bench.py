@@ -48,7 +48,8 @@ def test_attention_bench_writes_json_and_table(tmp_path, capsys, monkeypatch):
     out = tmp_path / "attention.json"
     specs = list(ATTENTIONS) + ["hrr-individual:block_size=0"]
     assert main(["attention", "--lengths", "16", "24", "--repeats", "1", "--warmup", "0", "--heads", "2",
-                 "--head-dim", "8", "--threads", "1", "--matmul-size", "128", "--mechanisms", *specs, "--json", str(out), "--mlflow"]) == 0
+                 "--head-dim", "8", "--threads", "1", "--matmul-size", "128", "--mechanisms", *specs,
+                 "--json", str(out), "--mlflow"]) == 0
     printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["benchmark"] == "attention" and result["reference"] == "softmax"

@@ -82,7 +82,8 @@ def _matmul(device: torch.device, n: int) -> tuple[Callable[[], None], float]:
 
 def run_attention_bench(candidates: list[Candidate], *, lengths: list[int], batch: int = 1, heads: int = 8,
                         head_dim: int = 64, repeats: int = 5, warmup: int = 1, device: torch.device | None = None,
-                        seed: int = 0, matmul_size: int = MATMUL_N, log: Callable[[str], None] = print) -> dict[str, Any]:
+                        seed: int = 0, matmul_size: int = MATMUL_N,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every candidate at every length; returns the JSON-ready result (see `summarise`)."""
     device = device or torch.device("cpu")
     torch.manual_seed(seed)
@@ -150,6 +151,7 @@ def summarise(rows: list[dict], matmul: dict, setup: dict, device: torch.device)
     for r in rows:
         base = by[(ref, r["T"])]
         r["time_ratio"] = r["time_median_s"] / base["time_median_s"]
+        r["time_ratio_min"] = r["time_min_s"] / base["time_min_s"]
         r["memory_ratio"] = r["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None
     lengths = sorted(setup["lengths"])
     scaling = {}

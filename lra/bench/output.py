@@ -19,8 +19,12 @@ def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
+TEXT_COLUMNS = {"mechanism", "attention", "SDPA kernel"}
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    align = ["---" if i == 0 else "---:" for i in range(len(header))]
+    """Text columns left-aligned, numbers right-aligned."""
+    align = ["---" if h in TEXT_COLUMNS else "---:" for h in header]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -32,16 +36,19 @@ def attention_report(result: dict[str, Any]) -> str:
     out = [f"fwd+bwd, B={s['batch']}, heads={s['heads']}, head_dim={s['head_dim']}, {s['dtype']}, {s['mask']}; "
            f"torch {env['torch']} on {env['device']}, {env['threads']} threads",
            f"time: {env['timing']} ({s['warmup']} warm-up, {s['repeats']} timed)",
-           f"peak memory: {env['memory_method']}", f"ratios to {ref} measured in the same rounds"]
+           f"peak memory: {env['memory_method']}",
+           f"ratios to {ref} measured in the same rounds: time ratio = of medians; ratio of mins = of fastest runs"]
     compiled = any(r["compiled"] for r in result["results"])
     for T in s["lengths"]:
-        header = ["mechanism", "median ms", "min ms", "time ratio", "peak MB", "memory ratio", "SDPA kernel"]
+        header = ["mechanism", "median ms", "min ms", "time ratio", "ratio of mins", "peak MB", "memory ratio",
+                  "SDPA kernel"]
         header += ["compile s"] if compiled else []
         rows = []
         for r in (r for r in result["results"] if r["T"] == T):
             row = [r["mechanism"], _f(1e3 * r["time_median_s"], ".1f"), _f(1e3 * r["time_min_s"], ".1f"),
-                   _f(r["time_ratio"], ".3f"), _f(r["peak_memory_bytes"] / 2**20, ".1f"),
-                   _f(r["memory_ratio"], ".3f"), ", ".join(r["sdpa_kernels"]) or "-"]
+                   _f(r["time_ratio"], ".3f"), _f(r["time_ratio_min"], ".3f"),
+                   _f(r["peak_memory_bytes"] / 2**20, ".1f"), _f(r["memory_ratio"], ".3f"),
+                   ", ".join(r["sdpa_kernels"]) or "-"]
             rows.append(row + ([_f(r["compile_s"], ".1f")] if compiled else []))
         out += ["", f"T={T}", markdown_table(header, rows)]
     if result["scaling"]:
@@ -54,7 +61,8 @@ def attention_report(result: dict[str, Any]) -> str:
         rows = [[T, _f(v["softmax_flops_per_s"] / 1e9, ".1f"), _f(v["matmul_flops_per_s"] / 1e9, ".1f"),
                  _f(v["matmul_peak_flops_per_s"] / 1e9, ".1f"), _f(v["fraction"], ".3f")]
                 for T, v in result["softmax_matmul_fraction"].items()]
-        out += ["", f"softmax fwd+bwd (12·B·h·T²·H FLOPs) against a {s['matmul_size']}x{s['matmul_size']} float32 GEMM in the same rounds",
+        n = s["matmul_size"]
+        out += ["", f"softmax fwd+bwd (12·B·h·T²·H FLOPs) against a {n}x{n} float32 GEMM in the same rounds",
                 markdown_table(["T", "softmax GFLOP/s", "GEMM GFLOP/s (median)", "GEMM GFLOP/s (best)",
                                 "fraction of GEMM rate"], rows)]
     return "\n".join(out)
@@ -69,9 +77,10 @@ def step_report(result: dict[str, Any]) -> str:
            f"peak memory: {env['memory_method']}",
            "ratios to chunk = batch measured in the same rounds; data: lra.batches.make_batch over random "
            "indices, timed in the same rounds"]
-    header = ["attention", "chunk", "median ms", "min ms", "time ratio", "peak MB", "memory ratio"]
+    header = ["attention", "chunk", "median ms", "min ms", "time ratio", "ratio of mins", "peak MB", "memory ratio"]
     rows = [[r["attention"], str(r["chunk"]), _f(1e3 * r["time_median_s"], ".1f"), _f(1e3 * r["time_min_s"], ".1f"),
-             _f(r["time_ratio"], ".3f"), _f(r["peak_memory_bytes"] / 2**20, ".1f"), _f(r["memory_ratio"], ".3f")]
+             _f(r["time_ratio"], ".3f"), _f(r["time_ratio_min"], ".3f"), _f(r["peak_memory_bytes"] / 2**20, ".1f"),
+             _f(r["memory_ratio"], ".3f")]
             for r in result["results"]]
     out += ["", markdown_table(header, rows)]
     d = result["data"]
