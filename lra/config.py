@@ -76,6 +76,8 @@ class HardwareSchema:
     name: str = "cpu"
     device: str = "auto"
     num_threads: Optional[int] = None
+    memory_budget_mb: Optional[float] = None  # for gpu_memory.<attention>=auto (null: free GPU / available RAM)
+    budget_margin: float = 0.8  # auto chunks use at most this share of the budget
 
 
 @dataclass
@@ -226,9 +228,16 @@ def validate(cfg: DictConfig) -> DictConfig:
                               f"not an option of attention {name}",
                               "use one of: " + (", ".join(sorted(options)) or "(none)"))
     chunk = typed.gpu_memory.get(name)
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ConfigError(f"gpu_memory.{name}", chunk, "the chunk size must be a positive integer",
-                          f"set gpu_memory.{name}={training.batch_size} (or smaller to save memory)")
+    if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise ConfigError(f"gpu_memory.{name}", chunk, "the chunk size must be a positive integer or auto",
+                          f"set gpu_memory.{name}={training.batch_size} (or smaller to save memory), or auto")
+    budget = typed.hardware.memory_budget_mb
+    if budget is not None and not budget > 0:
+        raise ConfigError("hardware.memory_budget_mb", budget, "must be positive",
+                          "give the megabytes a chunk may use, or null for the free memory")
+    if not 0 < typed.hardware.budget_margin <= 1:
+        raise ConfigError("hardware.budget_margin", typed.hardware.budget_margin, "must lie in (0, 1]",
+                          "set hardware.budget_margin=0.8")
     checkpointing = typed.extra_attn_config.get(name, {}).get("attention_grad_checkpointing", False)
     if not isinstance(checkpointing, bool):
         raise ConfigError(f"extra_attn_config.{name}.attention_grad_checkpointing", checkpointing,

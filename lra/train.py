@@ -22,7 +22,7 @@ from tqdm import tqdm
 from lra.batches import epoch_order, iterate_batches, num_batches, to_device
 from lra.checkpoint import CheckpointStore, rng_state, run_key, set_rng_state
 from lra.config import resolve_device, resolve_precision, validate
-from lra.data import Split, load_splits
+from lra.data import Split, load_splits, sequence_length
 from lra.errors import ConfigError
 from lra.model import LRAClassifier
 from lra.schedule import build_scheduler
@@ -93,6 +93,26 @@ def evaluate(model: torch.nn.Module, split: Split, *, batch_size: int, chunk_siz
     return stats
 
 
+def resolve_chunk_size(cfg: DictConfig, model: torch.nn.Module, device: torch.device, autocast: Any,
+                       limit: Optional[int]) -> int:
+    """`gpu_memory.<attention>`, or for `auto` the largest chunk whose fwd+bwd at the task's full length fits
+    `hardware.budget_margin` x the memory budget (probed now, before the run starts)."""
+    configured = cfg.gpu_memory[cfg.attention.name]
+    if configured != "auto":
+        return int(configured)
+    from lra.bench.budget import full_length_batch, probe_chunk_size
+
+    seq_len = sequence_length(cfg.data) if limit is None else min(limit, sequence_length(cfg.data))
+    m = cfg.model
+    example = full_length_batch(cfg.training.batch_size, seq_len, m.vocab_size, m.num_classes,
+                                dual_encoder=m.dual_encoder, device=device)
+    result = probe_chunk_size(model, example, device=device, autocast=autocast,
+                              max_chunk=cfg.training.batch_size, memory_budget_mb=cfg.hardware.memory_budget_mb,
+                              margin=cfg.hardware.budget_margin)
+    print(f"gpu_memory.{cfg.attention.name}=auto: {result.describe()}")
+    return result.chunk
+
+
 def _check_data(cfg: DictConfig, splits: dict[str, Split]) -> None:
     dual = splits["train"].tokens2 is not None
     if dual != cfg.model.dual_encoder:
@@ -109,13 +129,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     precision = resolve_precision(t.mixed_precision, device)
     if hw.num_threads is not None:
         torch.set_num_threads(hw.num_threads)
-    chunk_size = int(cfg.gpu_memory[cfg.attention.name])
     limit = cfg.model.max_seq_len - (1 if cfg.model.pooling_mode == "CLS" else 0) if cfg.data.truncate else None
 
     splits = load_splits(cfg.data, cfg.dataset)
     _check_data(cfg, splits)
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
+    autocast = autocast_context(device, precision)
+    chunk_size = resolve_chunk_size(cfg, model, device, autocast, limit)
     optimizer = build_optimizer(model, t.learning_rate, t.weight_decay)
     steps_per_epoch = num_batches(len(splits["train"]), t.batch_size)
     total_steps = t.num_epochs * steps_per_epoch
@@ -148,14 +169,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tracker.log_params({"run_key": store.folder.name, "resolved.device": str(device),
                             "resolved.precision": precision, "resolved.torch_threads": torch.get_num_threads(),
                             "resolved.steps_per_epoch": steps_per_epoch, "resolved.total_steps": total_steps,
-                            "resolved.num_parameters": sum(p.numel() for p in model.parameters())})
+                            "resolved.num_parameters": sum(p.numel() for p in model.parameters()),
+                            "resolved.chunk_size": chunk_size})
 
     def save_last() -> None:
         store.save_last({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                          "progress": asdict(progress), "run_id": run_id})
 
-    autocast = autocast_context(device, precision)
     trial = None
     if cfg.sweep.storage is not None:
         from lra.trial import open_trial

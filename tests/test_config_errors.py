@@ -24,6 +24,8 @@ CASES = {
     "sequence longer than max_seq_len": (["model.max_seq_len=50"], ["model.max_seq_len", "=50", "data.truncate=true"]),
     "cls needs one more position": (["model.pooling_mode=CLS", "model.max_seq_len=128"],
                                     ["model.max_seq_len", "CLS", "model.max_seq_len=129"]),
+    "negative memory budget": (["hardware=auto", "hardware.memory_budget_mb=-1"],
+                               ["hardware.memory_budget_mb", "=-1", "must be positive"]),
     "bad objective": (["sweep.objective=accuracy"], ["sweep.objective", "eval_accuracy"]),
 }
 

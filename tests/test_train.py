@@ -67,3 +67,15 @@ def test_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path: Path) 
     for key in ("test_accuracy", "test_loss", "eval_accuracy"):
         assert first[key] == second[key]
     assert first["test_loss"] != other["test_loss"]
+
+
+def test_auto_chunk_size_is_probed_logged_and_used(tmp_path: Path) -> None:
+    """hardware=auto with a CPU budget too small for the whole batch: a smaller chunk is chosen, logged, used."""
+    result = launch(tmp_path, "dataset.train=64", "dataset.dev=32", "dataset.test=32", "training.num_epochs=1",
+                    "tracking.system_metrics=false", "hardware=auto", "hardware.memory_budget_mb=30")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gpu_memory.softmax=auto: auto chunk size" in result.stdout
+    _, runs = _runs(tmp_path)
+    chunk = int(runs[0].data.params["resolved.chunk_size"])
+    assert 1 <= chunk < 32  # the default model's batch of 32 needs about 40 MB: more than 0.8 x 30 MB
+    assert runs[0].info.status == "FINISHED"
