@@ -163,6 +163,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         progress = Progress(**saved["progress"])
         log.info("resuming from %s at epoch %d, batch %d", store.folder, progress.epoch, progress.batch_in_epoch)
 
+    trial, pruned = None, ()
+    if cfg.sweep.storage is not None:  # a job of an Optuna sweep: report to its trial, stop when pruned
+        import optuna
+
+        from lra.trial import open_trial
+
+        trial, pruned = open_trial(cfg.sweep), (optuna.TrialPruned,)
     tracker = RunTracker(cfg)
     run_id = tracker.start(resume_run_id=saved["run_id"] if saved is not None else None)
     if saved is None:
@@ -177,11 +184,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
                          "progress": asdict(progress), "run_id": run_id})
 
-    trial = None
-    if cfg.sweep.storage is not None:
-        from lra.trial import open_trial
-
-        trial = open_trial(cfg.sweep)
     try:
         _fit(cfg, model, optimizer, scheduler, scaler, splits, progress, tracker, store, save_last, trial,
              device=device, autocast=autocast, chunk_size=chunk_size, total_steps=total_steps,
@@ -203,7 +205,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         progress.completed = True
         save_last()
     except BaseException as error:
-        if type(error).__name__ == "TrialPruned":
+        if isinstance(error, pruned):
             tracker.set_tags({"pruned": "true"})
             tracker.end("KILLED")
         else:
