@@ -7,7 +7,8 @@
   python -m lra.bench budget --task listops --memory-budget-mb 4000   # the chunk auto_chunk_size picks
 
 Each prints markdown tables; --json PATH writes the full result, --mlflow logs a run to the experiment `bench`
-($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder).
+($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder). On a CPU that other jobs keep busy, compare with
+--threads 1 (step: hardware.num_threads=1): there every parallel op can stall waiting for its second thread.
 """
 
 from __future__ import annotations
