@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -78,11 +77,28 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
     return torch.optim.AdamW(groups, lr=learning_rate)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """CUDA: the allocator's max allocated; CPU: the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+class PeakMemory:
+    """This run's peak memory in MB. CUDA: the allocator's max allocated since the run began. CPU: the largest
+    resident set size sampled at every step (the process-wide `ru_maxrss` would carry an earlier job's peak
+    into the next one when a sweep runs its jobs in one process)."""
+
+    def __init__(self, device: torch.device) -> None:
+        import psutil
+
+        self.device, self.process, self.peak_rss = device, psutil.Process(), 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def sample(self) -> None:
+        if self.device.type != "cuda":
+            self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
+
+    @property
+    def mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.sample()
+        return self.peak_rss / 2**20
 
 
 def evaluate(model: torch.nn.Module, split: Split, *, batch_size: int, chunk_size: int, device: torch.device,
@@ -170,6 +186,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         from lra.trial import open_trial
 
         trial, pruned = open_trial(cfg.sweep), (optuna.TrialPruned,)
+    memory = PeakMemory(device)
     tracker = RunTracker(cfg)
     run_id = tracker.start(resume_run_id=saved["run_id"] if saved is not None else None)
     if saved is None:
@@ -185,7 +202,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                          "progress": asdict(progress), "run_id": run_id})
 
     try:
-        _fit(cfg, model, optimizer, scheduler, scaler, splits, progress, tracker, store, save_last, trial,
+        _fit(cfg, model, optimizer, scheduler, scaler, splits, progress, tracker, store, save_last, trial, memory,
              device=device, autocast=autocast, chunk_size=chunk_size, total_steps=total_steps,
              steps_per_epoch=steps_per_epoch, limit=limit)
         best = store.load_best()
@@ -197,7 +214,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "test_accuracy": test.accuracy, "test_loss": test.loss,
             "best_eval_accuracy": progress.best_eval_accuracy,
             "samples_per_second": progress.train_samples / max(progress.train_seconds, 1e-9),
-            "peak_memory_mb": peak_memory_mb(device),
+            "peak_memory_mb": memory.mb,
         }
         tracker.log_metrics(metrics, step=progress.global_step)
         # a sweep's objective: eval_* are the best-dev epoch's values (the weights that were tested)
@@ -218,8 +235,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _fit(cfg, model, optimizer, scheduler, scaler, splits, progress: Progress, tracker: RunTracker,
-         store: CheckpointStore, save_last, trial, *, device, autocast, chunk_size, total_steps, steps_per_epoch,
-         limit) -> None:
+         store: CheckpointStore, save_last, trial, memory: PeakMemory, *, device, autocast, chunk_size, total_steps,
+         steps_per_epoch, limit) -> None:
     """The epochs: chunked steps with per-step logging and checkpoints, then evaluation after each epoch."""
     t = cfg.training
     window, window_seconds = StepStats(), 0.0
@@ -237,6 +254,7 @@ def _fit(cfg, model, optimizer, scheduler, scaler, splits, progress: Progress, t
                                label_smoothing=t.label_smoothing, poison_loss=poison)
             progress.global_step += 1
             progress.batch_in_epoch += 1
+            memory.sample()
             if not math.isfinite(stats.loss):
                 tracker.log_metrics({"train_loss": stats.loss}, step=progress.global_step)
                 raise DivergedError(f"training diverged: non-finite loss {stats.loss} at step {progress.global_step}")
@@ -255,7 +273,7 @@ def _fit(cfg, model, optimizer, scheduler, scaler, splits, progress: Progress, t
             if progress.global_step % t.log_every == 0:
                 speed = window.count / max(window_seconds, 1e-9)
                 tracker.log_metrics({"train_loss": window.loss, "train_accuracy": window.accuracy, "lr": lr,
-                                     "samples_per_second": speed, "peak_memory_mb": peak_memory_mb(device)},
+                                     "samples_per_second": speed, "peak_memory_mb": memory.mb},
                                     step=progress.global_step)
                 bar.set_postfix(loss=f"{window.loss:.3f}", acc=f"{window.accuracy:.3f}", sps=f"{speed:.0f}")
                 window, window_seconds = StepStats(), 0.0
