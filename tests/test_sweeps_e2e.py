@@ -178,8 +178,9 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def test_killed_study_resumes_to_n_trials_with_none_running(store):
+    # trials long enough (256 steps) that the kill lands while trial 2 trains, not between two trials
     args = ("hydra.sweeper.study_name=resume", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=nop",
-            *FAST_HEARTBEAT)
+            "dataset.train=2048", *FAST_HEARTBEAT)
     first = store.start("resume-1", *args)
     try:
         def third_trial_is_training() -> bool:
@@ -188,7 +189,8 @@ def test_killed_study_resumes_to_n_trials_with_none_running(store):
             except KeyError:  # not created yet
                 return False
             done = sum(t.state == TrialState.COMPLETE for t in trials)
-            return done >= 2 and any(r.data.tags.get("optuna_trial") == "2" for r in store.runs("resume"))
+            return done >= 2 and any(r.data.tags.get("optuna_trial") == "2" and "train_loss" in r.data.metrics
+                                     for r in store.runs("resume"))
 
         _wait_for(third_trial_is_training, 300, "two finished trials and a third one training")
     finally:
