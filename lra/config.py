@@ -18,7 +18,6 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from lra.errors import ConfigError
 
 SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
-POOLING_MODES = ("MEAN", "CLS")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What train() returns, so what a sweep may optimise: eval_* are the values of the best-dev epoch.
@@ -179,6 +178,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config; return it merged into the schema (typed, read-only) or raise ConfigError."""
     from lra.attention import attention_options
     from lra.data import check_data_config, sequence_length
+    from lra.model import POOLING_MODES
 
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     try:

@@ -23,7 +23,7 @@ from lra.checkpoint import CheckpointStore, rng_state, run_key, set_rng_state
 from lra.config import resolve_device, resolve_precision, validate
 from lra.data import Split, load_splits, sequence_length
 from lra.errors import ConfigError
-from lra.model import LRAClassifier
+from lra.model import LRAClassifier, count_parameters
 from lra.schedule import build_scheduler
 from lra.step import StepStats, autocast_context, eval_step, train_step
 from lra.tracking import RunTracker, ui_command
@@ -193,7 +193,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tracker.log_params({"run_key": store.folder.name, "resolved.device": str(device),
                             "resolved.precision": precision, "resolved.torch_threads": torch.get_num_threads(),
                             "resolved.steps_per_epoch": steps_per_epoch, "resolved.total_steps": total_steps,
-                            "resolved.num_parameters": sum(p.numel() for p in model.parameters()),
+                            "resolved.num_parameters": count_parameters(model),
                             "resolved.chunk_size": chunk_size})
 
     def save_last() -> None:

@@ -3,8 +3,8 @@
 Release-file tasks (listops, text, retrieval, image, pathfinder) are prepared once from `data.source` into
 memory-mapped arrays under `data.root` with a JSON manifest (`python -m lra.data prepare <task> --source PATH`
 does it ahead of time); generated tasks (listops-generated, pathfinder-generated) and image-digits are made on
-first use and cached the same way. Token id 0 is padding in every task. See `lra/data/tasks.py` for each task's
-`data` node and the model sizes it needs.
+first use and cached the same way. Token id 0 is padding in every task. Each task's `data` node and model sizes
+live in `conf/task/*.yaml` (read through `lra/data/tasks.py`).
 """
 
 from __future__ import annotations
