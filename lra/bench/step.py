@@ -11,7 +11,6 @@ chunk = batch (the trainer loads synchronously, so this is the time it adds).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,19 +20,15 @@ from omegaconf import DictConfig
 from lra.bench.attention import environment
 from lra.bench.measure import interleaved, peak_memory
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 LOADER = "data"
 
 
 def compose(overrides: list[str]) -> DictConfig:
     """The composed and validated run config, as `launch.py` would see it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
+    from lra.compose import compose_config
     from lra.config import validate
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return validate(hydra_compose(config_name="config", overrides=list(overrides)))
+    return validate(compose_config(overrides))
 
 
 def chunk_sizes(batch_size: int) -> list[int]:

@@ -22,9 +22,9 @@ _QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
 
 
 def conf_dir() -> Path:
-    import lra
+    from lra.compose import CONF_DIR
 
-    return Path(lra.__file__).resolve().parents[1] / "conf"
+    return CONF_DIR
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,22 +52,11 @@ def task_presets() -> dict[str, dict[str, dict[str, Any]]]:
 
 @functools.lru_cache(maxsize=None)
 def _composed(name: str) -> dict[str, dict[str, Any]]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    # Inside a running Hydra app (a training run whose data is missing asks prepare_command), set its Hydra aside
-    # while composing, and put it back after.
-    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    if outer is not None:
-        GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"task={name}", *_QUIET])
-    finally:
-        if outer is not None:
-            GlobalHydra.instance().clear()
-            GlobalHydra.instance().initialize(outer)
+    from lra.compose import compose_config
+
+    cfg = compose_config([f"task={name}", *_QUIET])
     model = cfg.get("model") or {}
     return {"data": OmegaConf.to_container(cfg.data, resolve=True),
             "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
