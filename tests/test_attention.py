@@ -343,9 +343,41 @@ def test_individual_blocked_matches_plain_values_and_grads(H, lengths):
             assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_individual_blocked_matches_plain_in_float32():
+    B, h, T, H = 2, 4, 300, 64  # several blocks of 64 rows and a short last one, at the benchmark's head size
+    mask = lengths_mask([300, 213], T)
+    results = []
+    for block_size in (0, 64):
+        torch.manual_seed(0)
+        attn = build_attention("hrr-individual", h, H, block_size=block_size)
+        q, k, v = qkv(B, h, T, H, dtype=torch.float32, grad=True)
+        y = attn(q, k, v, mask)
+        (y * torch.linspace(-1, 1, H)).sum().backward()
+        results.append([y, q.grad, k.grad, v.grad, attn.scale.log_scale.grad])
+    for plain, blocked in zip(*results):
+        assert torch.allclose(blocked, plain, rtol=1e-4, atol=1e-5 * plain.abs().max().item())
+
+
+def test_individual_blocked_memory_grows_linearly_in_length():
+    """Allocator-level peak of fwd+bwd (deterministic, not a timing): doubling T doubles the blocked form's
+    peak and about quadruples the plain form's."""
+    from lra.bench.measure import peak_memory
+
+    def peak(T: int, block_size: int) -> int:
+        torch.manual_seed(0)
+        attn = build_attention("hrr-individual", 2, 16, block_size=block_size)
+        q, k, v = qkv(1, 2, T, 16, dtype=torch.float32, grad=True)
+        mask, grad = lengths_mask([T], T), torch.randn(1, 2, T, 16)
+        return peak_memory(lambda: attn(q, k, v, mask).backward(grad), torch.device("cpu")).bytes
+
+    blocked = peak(2048, 32) / peak(1024, 32)
+    plain = peak(2048, 0) / peak(1024, 0)
+    assert blocked < 2.3 and plain > 3.5, (blocked, plain)
+
+
 def test_individual_block_size_option():
     assert attention_options("hrr-individual")["block_size"] is None  # auto
-    assert auto_block_rows(1, 8, 4096) == 512 and auto_block_rows(1, 8, 1024) == 1024
+    assert auto_block_rows(1, 8, 4096) == 64 and auto_block_rows(1, 8, 1024) == 256 and auto_block_rows(1, 8, 256) == 256
     assert auto_block_rows(64, 8, 4096) == 16 and auto_block_rows(1, 1, 7) == 7
     for bad in (-1, 2.5, True):
         with pytest.raises(ConfigError) as err:
