@@ -90,6 +90,24 @@ def test_step_bench_tiny(tmp_path, capsys):
     assert "loading % of step time" in printed and "| tpr | 2 |" in printed
 
 
+def test_step_bench_paired_ratio_and_overrides_after_the_attention_list(tmp_path):
+    out = tmp_path / "step.json"
+    # the overrides follow `--attention`'s values directly: argparse puts them in its list, main takes them back
+    assert main(["step", "--repeats", "3", "--warmup", "0", "--json", str(out), "--attention", "tpr",
+                 f"data.root={tmp_path / 'data'}", *TINY_MODEL]) == 0
+    result = json.loads(out.read_text())
+    assert result["setup"]["attentions"] == ["tpr"] and result["setup"]["batch_size"] == 8
+    for r in result["results"]:
+        base = next(b for b in result["results"] if b["chunk"] == 8)
+        per_round = sorted(t / b for t, b in zip(r["times_s"], base["times_s"]))
+        assert len(per_round) == 3 and r["time_ratio_paired"] == pytest.approx(per_round[1])
+
+
+def test_step_bench_unknown_attention_names_the_option(capsys):
+    assert main(["step", "--attention", "flash", "tpr"]) == 2
+    assert "--attention='flash': unknown attention" in capsys.readouterr().err
+
+
 def _tiny_model(attention: str = "softmax") -> LRAClassifier:
     torch.manual_seed(0)
     return LRAClassifier(vocab_size=16, max_seq_len=64, embedding_dim=16, transformer_hidden_dim=32, head_dim=8,

@@ -68,13 +68,24 @@ def parser() -> argparse.ArgumentParser:
 def _attention_names(names: list[str]) -> list[str]:
     from lra.attention import ATTENTIONS
 
-    return list(ATTENTIONS) if names == ["all"] else names
+    if "all" in names:
+        return list(ATTENTIONS)
+    if not names:
+        raise ConfigError("--attention", names, "names no attention", "give 'all' or attention names before the overrides")
+    for name in names:
+        if name not in ATTENTIONS:
+            raise ConfigError("--attention", name, "unknown attention", f"use 'all' or some of: {', '.join(ATTENTIONS)}")
+    return names
 
 
 def _configs(task: str, attentions: list[str], overrides: list[str]):
+    """One composed config per attention. `--attention` takes several values, so overrides written after it
+    (`--attention tpr hardware.num_threads=1`) land in its list: an item with `=` is an override, never a name."""
     from lra.bench.step import compose
 
-    return {name: compose([f"task={task}", f"attention={name}", *overrides]) for name in _attention_names(attentions)}
+    names = [a for a in attentions if "=" not in a]
+    overrides = [a for a in attentions if "=" in a] + list(overrides)
+    return {name: compose([f"task={task}", f"attention={name}", *overrides]) for name in _attention_names(names)}
 
 
 def _finish(args, result, report: str, params: dict, metrics) -> None:

@@ -54,6 +54,13 @@ class Timing:
         return min(self.times)
 
 
+def paired_ratio(times: list[float], base: list[float]) -> float:
+    """Median over rounds of time / base time in the same round. Both ran on the same input moments apart, so
+    what varies between rounds (a batch's length, the machine's load) cancels within each pair: steadier than a
+    ratio of medians when the rounds differ by more than the candidates do."""
+    return statistics.median(t / b for t, b in zip(times, base, strict=True))
+
+
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()

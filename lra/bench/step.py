@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from lra.bench.attention import environment
-from lra.bench.measure import interleaved, peak_memory
+from lra.bench.measure import interleaved, paired_ratio, peak_memory
 
 LOADER = "data"
 
@@ -90,6 +90,7 @@ def run_step_bench(cfgs: dict[str, DictConfig], *, repeats: int = 10, warmup: in
         base = next(b for b in rows if b["attention"] == r["attention"] and b["chunk"] == B)
         r["time_ratio"] = r["time_median_s"] / base["time_median_s"]
         r["time_ratio_min"] = r["time_min_s"] / base["time_min_s"]
+        r["time_ratio_paired"] = paired_ratio(r["times_s"], base["times_s"])
         r["memory_ratio"] = r["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None
     load = timings[LOADER]
     data = {"batch_time_median_s": load.median, "batch_time_min_s": load.min, "times_s": load.times,
