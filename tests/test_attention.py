@@ -377,7 +377,8 @@ def test_individual_blocked_memory_grows_linearly_in_length():
 
 def test_individual_block_size_option():
     assert attention_options("hrr-individual")["block_size"] is None  # auto
-    assert auto_block_rows(1, 8, 4096) == 64 and auto_block_rows(1, 8, 1024) == 256 and auto_block_rows(1, 8, 256) == 256
+    assert auto_block_rows(1, 8, 4096) == 64 and auto_block_rows(1, 8, 1024) == 256
+    assert auto_block_rows(1, 8, 256) == 256
     assert auto_block_rows(64, 8, 4096) == 16 and auto_block_rows(1, 1, 7) == 7
     for bad in (-1, 2.5, True):
         with pytest.raises(ConfigError) as err:

@@ -100,7 +100,7 @@ class _ScoresSoftmaxValues(torch.autograd.Function):
         dq_num, dq_den = torch.empty_like(q_num), torch.empty_like(q_den)
         # key-side gradients accumulate transposed, (B, h, ., T): each block adds (.×b)(b×T) in place with
         # baddbmm, a plain GEMM on the contiguous score block. The (T×b)(b×.) form with a transposed block ran
-        # at a fifth of the GEMM rate for 2F = 66 columns and allocated a T×. temporary per block.
+        # at a fifth of the GEMM rate for 66 columns and allocated a T×. temporary per block.
         dk_num_t, dk_den_t, dv_t = (x.new_zeros(*x.shape[:-2], x.shape[-1], T) for x in (k_num, k_den, v))
         delta = (dy * y).sum(-1, keepdim=True)  # (B, h, T, 1): Σ_j P_ij dP_ij
         work = _workspace(v, block, T, 4)
@@ -141,7 +141,8 @@ def _inv_norm(q_den: Tensor, k_den: Tensor, eps: float, out: Tensor) -> Tensor:
 
 def _workspace(v: Tensor, block: int, T: int, n: int) -> list[Tensor]:
     """n (B, h, block, T) buffers for one call. Fresh T×T-sized tensors per block and op cost page faults
-    (glibc serves blocks this large by mmap and returns them on free): reusing them took fwd+bwd at T=4096 from 3.1x to 2.2x softmax's time (1 thread)."""
+    (glibc serves blocks this large by mmap and returns them on free): reusing them took fwd+bwd at T=4096
+    from 3.1x to 2.2x softmax's time (1 thread)."""
     return [v.new_empty(*v.shape[:-2], min(block, T), T) for _ in range(n)]
 
 

@@ -71,10 +71,12 @@ def _attention_names(names: list[str]) -> list[str]:
     if "all" in names:
         return list(ATTENTIONS)
     if not names:
-        raise ConfigError("--attention", names, "names no attention", "give 'all' or attention names before the overrides")
+        raise ConfigError("--attention", names, "names no attention",
+                          "give 'all' or attention names before the overrides")
     for name in names:
         if name not in ATTENTIONS:
-            raise ConfigError("--attention", name, "unknown attention", f"use 'all' or some of: {', '.join(ATTENTIONS)}")
+            raise ConfigError("--attention", name, "unknown attention",
+                              f"use 'all' or some of: {', '.join(ATTENTIONS)}")
     return names
 
 
