@@ -97,8 +97,8 @@ def test_step_bench_paired_ratio_and_overrides_after_the_attention_list(tmp_path
                  f"data.root={tmp_path / 'data'}", *TINY_MODEL]) == 0
     result = json.loads(out.read_text())
     assert result["setup"]["attentions"] == ["tpr"] and result["setup"]["batch_size"] == 8
+    base = next(b for b in result["results"] if b["chunk"] == 8)
     for r in result["results"]:
-        base = next(b for b in result["results"] if b["chunk"] == 8)
         per_round = sorted(t / b for t, b in zip(r["times_s"], base["times_s"]))
         assert len(per_round) == 3 and r["time_ratio_paired"] == pytest.approx(per_round[1])
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from lra.attention import ATTENTIONS, build_attention
-from lra.bench.measure import interleaved, memory_method, paired_ratio, peak_memory, sdpa_kernels, timed
+from lra.bench.measure import interleaved, memory_method, peak_memory, ratios, sdpa_kernels, timed
 from lra.errors import ConfigError
 
 MATMUL = "matmul"  # the GEMM candidate's key in the rotation
@@ -150,10 +150,7 @@ def summarise(rows: list[dict], matmul: dict, setup: dict, device: torch.device)
     by = {(r["mechanism"], r["T"]): r for r in rows}
     for r in rows:
         base = by[(ref, r["T"])]
-        r["time_ratio"] = r["time_median_s"] / base["time_median_s"]
-        r["time_ratio_min"] = r["time_min_s"] / base["time_min_s"]
-        r["time_ratio_paired"] = paired_ratio(r["times_s"], base["times_s"])
-        r["memory_ratio"] = r["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None
+        r.update(ratios(r, base))
     lengths = sorted(setup["lengths"])
     scaling = {}
     if len(lengths) >= 2:

@@ -61,6 +61,14 @@ def paired_ratio(times: list[float], base: list[float]) -> float:
     return statistics.median(t / b for t, b in zip(times, base, strict=True))
 
 
+def ratios(row: dict, base: dict) -> dict[str, float | None]:
+    """A result row's time and memory as ratios to the reference row measured in the same rounds."""
+    return {"time_ratio": row["time_median_s"] / base["time_median_s"],
+            "time_ratio_min": row["time_min_s"] / base["time_min_s"],
+            "time_ratio_paired": paired_ratio(row["times_s"], base["times_s"]),
+            "memory_ratio": row["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None}
+
+
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     sync(device)
     start = time.perf_counter()

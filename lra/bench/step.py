@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from lra.bench.attention import environment
-from lra.bench.measure import interleaved, paired_ratio, peak_memory
+from lra.bench.measure import interleaved, peak_memory, ratios
 
 LOADER = "data"
 
@@ -88,10 +88,7 @@ def run_step_bench(cfgs: dict[str, DictConfig], *, repeats: int = 10, warmup: in
                      "time_min_s": timings[key].min, "times_s": timings[key].times, "peak_memory_bytes": peak.bytes})
     for r in rows:
         base = next(b for b in rows if b["attention"] == r["attention"] and b["chunk"] == B)
-        r["time_ratio"] = r["time_median_s"] / base["time_median_s"]
-        r["time_ratio_min"] = r["time_min_s"] / base["time_min_s"]
-        r["time_ratio_paired"] = paired_ratio(r["times_s"], base["times_s"])
-        r["memory_ratio"] = r["peak_memory_bytes"] / base["peak_memory_bytes"] if base["peak_memory_bytes"] else None
+        r.update(ratios(r, base))
     load = timings[LOADER]
     data = {"batch_time_median_s": load.median, "batch_time_min_s": load.min, "times_s": load.times,
             "samples_per_s": B / load.median}
