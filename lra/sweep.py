@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import secrets
 import signal
 import sys
@@ -31,6 +30,8 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lra.stores import redact
+
 log = logging.getLogger(__name__)
 
 ENV_SWEEP_ID = "LRA_SWEEP_ID"
@@ -40,11 +41,6 @@ PARENT_TAG = "lra.sweep_parent"  # "true" on a sweep's parent run; job runs lack
 
 def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def redact(text: str) -> str:
-    """`text` with the passwords of URLs (`scheme://user:password@host`) replaced by ***."""
-    return re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", text)
 
 
 def tracking_uri_of(cfg: DictConfig) -> str:
