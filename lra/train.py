@@ -116,7 +116,7 @@ def resolve_chunk_size(cfg: DictConfig, model: torch.nn.Module, device: torch.de
     configured = cfg.gpu_memory[cfg.attention.name]
     if configured != "auto":
         return int(configured)
-    from lra.bench.budget import full_length_batch, probe_chunk_size
+    from lra.chunking import full_length_batch, probe_chunk_size
 
     seq_len = sequence_length(cfg.data) if limit is None else min(limit, sequence_length(cfg.data))
     m = cfg.model

@@ -12,7 +12,7 @@ import torch
 from lra.attention import ATTENTIONS
 from lra.bench.__main__ import main
 from lra.bench.attention import parse_candidate
-from lra.bench.budget import auto_chunk_size, full_length_batch, probe_chunk_size
+from lra.chunking import auto_chunk_size, full_length_batch, probe_chunk_size
 from lra.bench.measure import peak_memory
 from lra.errors import ConfigError
 from lra.model import LRAClassifier

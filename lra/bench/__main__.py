@@ -131,7 +131,7 @@ def step(args) -> None:
 
 
 def budget(args) -> None:
-    from lra.bench.budget import full_length_batch, probe_chunk_size
+    from lra.chunking import full_length_batch, probe_chunk_size
     from lra.config import resolve_device, resolve_precision
     from lra.step import autocast_context
     from lra.train import build_model

@@ -5,12 +5,7 @@ so that no candidate always follows the same one), so drift of the machine (othe
 all candidates alike. Warm-up rounds are discarded; the median and min of the timed rounds are reported, and
 only ratios between candidates of one run mean much on a shared machine. CUDA is synchronised around each call.
 
-Peak memory (bytes live above what was live when the call began; tensors made before it, such as inputs and
-parameters, are not counted, what it leaves alive, such as gradients, is):
-- CUDA: the caching allocator's `max_memory_allocated` after `reset_peak_memory_stats`, minus what was allocated.
-- CPU: the torch CPU allocator's allocation and free events from torch.profiler (`profile_memory=True`),
-  summed in time order to a running total whose maximum is the peak. Only tensor storage is counted, not the
-  Python heap or memory the C library keeps after a free.
+Peak memory: `lra.memory.peak_memory` (the measure the chunk-size probe of the training code uses too).
 """
 
 from __future__ import annotations
@@ -22,20 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-MEMORY_METHODS = {
-    "cuda": "CUDA caching allocator: max_memory_allocated - memory_allocated before the call",
-    "cpu": "torch CPU allocator events (torch.profiler, profile_memory=True): peak of the running sum of "
-           "allocations minus frees during the call",
-}
-
-
-def memory_method(device: torch.device) -> str:
-    return MEMORY_METHODS["cuda" if device.type == "cuda" else "cpu"]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from lra.memory import Peak, memory_method, peak_memory, sync  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -90,47 +72,6 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, repeats: int,
             if r >= warmup:
                 out[name].times.append(seconds)
     return out
-
-
-@dataclass
-class Peak:
-    bytes: int
-    ops: set[str]  # aten op names seen (CPU only; e.g. which scaled_dot_product kernel ran)
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> Peak:
-    """Peak bytes live during `fn()` above those live when it began (see the module docstring)."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return Peak(torch.cuda.max_memory_allocated(device) - before, set())
-    return _cpu_peak(fn)
-
-
-def _cpu_peak(fn: Callable[[], object]) -> Peak:
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events: list[tuple[int, int]] = []  # (time ns, +bytes allocated / -bytes freed)
-    ops: set[str] = set()
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.tag == _EventType.Allocation:
-            events.append((event.start_time_ns, event.extra_fields.alloc_size))
-        elif event.name.startswith("aten::"):
-            ops.add(event.name.removeprefix("aten::"))
-        stack.extend(event.children)
-    live = peak = 0
-    for _, size in sorted(events):
-        live += size
-        peak = max(peak, live)
-    return Peak(peak, ops)
 
 
 def sdpa_kernels(ops: set[str]) -> list[str]:
