@@ -4,11 +4,10 @@
 reads it back and marks each figure of the new run IMPROVED, SAME or REGRESSED:
 
 - time (the median of the timed rounds, per mechanism and length, or per attention and chunk): the relative
-  change new / old - 1 against the noise of the two runs, the larger of their spreads, where a run's spread is
-  (max - min) / median of its own timed rounds. A change beyond the noise (and beyond `tolerance`, a floor for
-  runs with too few rounds to show their noise) is a change; anything within it is SAME. The full range is
-  a deliberately wide band: on a shared machine a figure is only called changed when no round of either run
-  could explain it.
+  change new / old - 1 against the noise of the two runs, the sum of their spreads, where a run's spread is
+  the interquartile range / median of its own timed rounds (one stray round does not widen it). A change
+  beyond the noise (and beyond `tolerance`, a floor for runs with too few rounds to show their noise) is a
+  change; anything within it is SAME.
 - peak memory: measured once per figure, so only the tolerance applies.
 
 Figures that only one of the two runs has are listed as NEW or GONE. `--fail-on-regression` makes the command
@@ -74,11 +73,12 @@ class Verdict:
 
 
 def spread(times: list[float]) -> float:
-    """(max - min) / median of one run's timed rounds: how much that run disagreed with itself."""
+    """Interquartile range / median of one run's timed rounds: how much that run disagreed with itself."""
     if len(times) < 2:
         return 0.0
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
     median = statistics.median(times)
-    return (max(times) - min(times)) / median if median > 0 else 0.0
+    return (q3 - q1) / median if median > 0 else 0.0
 
 
 def judge(old: float, new: float, noise: float) -> tuple[float, str]:
@@ -108,7 +108,7 @@ def compare(old: dict[str, Any], new: dict[str, Any], tolerance: float = TOLERAN
         if base is None:
             verdicts.append(Verdict(f"{key}", None, row["time_median_s"], None, None, NEW))
             continue
-        noise = max(tolerance, spread(row["times_s"]), spread(base["times_s"]))
+        noise = max(tolerance, spread(row["times_s"]) + spread(base["times_s"]))
         change, verdict = judge(base["time_median_s"], row["time_median_s"], noise)
         verdicts.append(Verdict(f"time {key}", base["time_median_s"], row["time_median_s"], change, noise,
                                 verdict))
@@ -145,7 +145,8 @@ def report(verdicts: list[Verdict], name: str, notes: list[str]) -> str:
              "-" if v.noise is None else f"±{100 * v.noise:.1f}%", v.verdict] for v in verdicts]
     counts = {k: sum(v.verdict == k for v in verdicts) for k in (IMPROVED, SAME, REGRESSED, NEW, GONE)}
     out = [f"compared with the saved result `{name}`: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n),
-           "noise band: the larger spread (max - min) / median of the two runs' rounds, at least the tolerance"]
+           "noise band: the sum of the two runs' spreads (interquartile range / median of the rounds), at least "
+           "the tolerance"]
     if notes:
         out.append("the setting differs, read with care: " + "; ".join(notes))
     return "\n".join(out + [markdown_table(["figure", "saved", "now", "change", "noise", "verdict"], rows)])
