@@ -1,7 +1,7 @@
-"""Peak memory of one call: what the chunk-size probe (`lra.chunking`) and the benchmarks (`lra.bench`) measure.
+"""Peak memory at the allocator, for the trainer and the benchmarks (which import it from here).
 
-Peak bytes live above what was live when the call began; tensors made before it, such as inputs and
-parameters, are not counted, what it leaves alive, such as gradients, is:
+`peak_memory(fn, device)`: bytes live during `fn()` above those live when it began (tensors made before it,
+such as inputs and parameters, are not counted; what it leaves alive, such as gradients, is):
 - CUDA: the caching allocator's `max_memory_allocated` after `reset_peak_memory_stats`, minus what was allocated.
 - CPU: the torch CPU allocator's allocation and free events from torch.profiler (`profile_memory=True`),
   summed in time order to a running total whose maximum is the peak. Only tensor storage is counted, not the
@@ -15,21 +15,6 @@ from dataclasses import dataclass
 
 import torch
 
-MEMORY_METHODS = {
-    "cuda": "CUDA caching allocator: max_memory_allocated - memory_allocated before the call",
-    "cpu": "torch CPU allocator events (torch.profiler, profile_memory=True): peak of the running sum of "
-           "allocations minus frees during the call",
-}
-
-
-def memory_method(device: torch.device) -> str:
-    return MEMORY_METHODS["cuda" if device.type == "cuda" else "cpu"]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 @dataclass
 class Peak:
@@ -40,11 +25,11 @@ class Peak:
 def peak_memory(fn: Callable[[], object], device: torch.device) -> Peak:
     """Peak bytes live during `fn()` above those live when it began (see the module docstring)."""
     if device.type == "cuda":
-        sync(device)
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         fn()
-        sync(device)
+        torch.cuda.synchronize(device)
         return Peak(torch.cuda.max_memory_allocated(device) - before, set())
     return _cpu_peak(fn)
 

@@ -5,7 +5,12 @@ so that no candidate always follows the same one), so drift of the machine (othe
 all candidates alike. Warm-up rounds are discarded; the median and min of the timed rounds are reported, and
 only ratios between candidates of one run mean much on a shared machine. CUDA is synchronised around each call.
 
-Peak memory: `lra.memory.peak_memory` (the measure the chunk-size probe of the training code uses too).
+Peak memory (bytes live above what was live when the call began; tensors made before it, such as inputs and
+parameters, are not counted, what it leaves alive, such as gradients, is):
+- CUDA: the caching allocator's `max_memory_allocated` after `reset_peak_memory_stats`, minus what was allocated.
+- CPU: the torch CPU allocator's allocation and free events from torch.profiler (`profile_memory=True`),
+  summed in time order to a running total whose maximum is the peak. Only tensor storage is counted, not the
+  Python heap or memory the C library keeps after a free.
 """
 
 from __future__ import annotations
@@ -17,7 +22,22 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lra.memory import Peak, memory_method, peak_memory, sync  # noqa: F401 (re-exported)
+from lra.memory import Peak, peak_memory  # noqa: F401 - the benchmarks' peak memory is the trainer's measure
+
+MEMORY_METHODS = {
+    "cuda": "CUDA caching allocator: max_memory_allocated - memory_allocated before the call",
+    "cpu": "torch CPU allocator events (torch.profiler, profile_memory=True): peak of the running sum of "
+           "allocations minus frees during the call",
+}
+
+
+def memory_method(device: torch.device) -> str:
+    return MEMORY_METHODS["cuda" if device.type == "cuda" else "cpu"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @dataclass
