@@ -1,12 +1,7 @@
 """One run on many processes: who this process is, its device, and the few collectives training needs.
 
-A process learns its place from the environment:
-- torchrun (`torchrun --standalone --nproc_per_node=N launch.py ...`, or multi-node): `RANK`, `WORLD_SIZE`,
-  `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`;
-- srun under SLURM: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, used only when `MASTER_ADDR` and
-  `MASTER_PORT` are set too (an sbatch script exports them), so that an ordinary one-task SLURM job (a sweep
-  job of the submitit launcher) stays one process.
-Anything else is one process with no process group (`Distributed()`), and every helper here is then a no-op.
+A process learns its place from torchrun's or srun's environment (`lra.place`); a process started alone is
+one process with no process group (`Distributed()`), and every helper here is then a no-op.
 
 `hardware.device=auto` (or `cuda`) gives each rank its local GPU, `cuda:<LOCAL_RANK>` (modulo the visible
 devices: with one visible device per task, as `srun --gpus-per-task=1` arranges, that is `cuda:0`). The process
@@ -26,37 +21,7 @@ import torch
 import torch.distributed as dist
 
 from lra.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Place:
-    """This process's rank among world_size processes, and its rank on its own machine."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    launcher: str = "none"  # torchrun, slurm or none
-
-
-def _int(env: Mapping[str, str], key: str) -> int:
-    try:
-        return int(env[key])
-    except ValueError:
-        raise ConfigError(key, env[key], "must be an integer (set by the launcher)",
-                          "launch with torchrun or srun, or unset it") from None
-
-
-def place_from_env(env: Mapping[str, str] = os.environ) -> Optional[Place]:
-    """The place torchrun or srun gave this process, or None when it was started alone."""
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Place(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env
-                     else 0, "torchrun")
-    if "SLURM_PROCID" in env and "MASTER_ADDR" in env and "MASTER_PORT" in env:
-        ntasks = _int(env, "SLURM_NTASKS") if "SLURM_NTASKS" in env else 1
-        if ntasks > 1:
-            return Place(_int(env, "SLURM_PROCID"), ntasks, _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env
-                         else 0, "slurm")
-    return None
+from lra.place import Place, place_from_env  # noqa: F401 (Place re-exported)
 
 
 def rank_device(setting: str, local_rank: int) -> torch.device:
@@ -102,9 +67,13 @@ class Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
-    def any(self, flag: bool) -> bool:
-        """Whether `flag` holds on any rank (e.g. a stop signal that reached one process)."""
-        return self.all_reduce_sum([1.0 if flag else 0.0])[0] > 0
+    def all_reduce_max(self, values: Sequence[float]) -> list[float]:
+        """The element-wise maximum over ranks (e.g. a stop signal that reached one process; peak memory)."""
+        if not self.active:
+            return [float(v) for v in values]
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._comm_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.tolist()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (pickled; tensors come back on the CPU). One process: `obj`."""

@@ -14,7 +14,8 @@ import torch
 
 import ddp_worker
 from lra.batches import iterate_batches
-from lra.distributed import Distributed, Place, place_from_env, rank_device, shard_bounds
+from lra.distributed import Distributed, rank_device, shard_bounds
+from lra.place import Place, hydra_overrides_for_rank, place_from_env
 
 HERE = Path(__file__).resolve().parent
 
