@@ -36,4 +36,7 @@ def _is_multirun() -> bool:
 
 
 if __name__ == "__main__":
+    from lra.place import hydra_overrides_for_rank
+
+    sys.argv += hydra_overrides_for_rank()  # torchrun's and srun's ranks other than 0: a folder of their own
     main()
