@@ -1,15 +1,16 @@
 """A few chunked steps and an evaluation on one process or as one rank of many (`torchrun ... ddp_worker.py
-OUT`): the same code either way, so a test compares the two. Rank 0 saves what it ends with to OUT."""
+OUT [--device cpu|cuda|auto] [--attention NAME]`): the same code either way, so a test compares the two. Rank 0
+saves what it ends with to OUT."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-import sys
 
 import numpy as np
 import torch
 
-from lra.batches import epoch_order, global_batch_size, iterate_batches, num_batches
+from lra.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
 from lra.data import Split
 from lra.distributed import Distributed, setup, teardown, wrap
 from lra.model import LRAClassifier
@@ -36,12 +37,12 @@ def run(ctx: Distributed, attention: str = "softmax", epochs: int = 2) -> dict:
     data, net = split(), model(attention).to(ctx.device)
     trained = wrap(net, ctx)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=False)
     losses = []
     for epoch in range(epochs):
         order = epoch_order(N, 0, epoch)
         for b, batch in enumerate(iterate_batches(data, BATCH, order=order, shard=ctx.shard)):
-            stats = train_step(trained, batch, optimizer, chunk_size=CHUNK, autocast=contextlib.nullcontext(),
+            stats = train_step(trained, to_device(batch, ctx.device), optimizer, chunk_size=CHUNK, autocast=contextlib.nullcontext(),
                                scaler=scaler, grad_clip=1.0, dist=ctx, global_size=global_batch_size(N, BATCH, b))
             losses.append((stats.loss_sum, stats.correct, stats.count))
     assert len(losses) == epochs * num_batches(N, BATCH)
@@ -52,11 +53,17 @@ def run(ctx: Distributed, attention: str = "softmax", epochs: int = 2) -> dict:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--attention", default="softmax")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    context = setup("cpu")
+    context = setup(args.device)
     try:
-        result = run(context, *sys.argv[2:3])
+        result = run(context, args.attention)
+        result["backend"] = context.backend
         if context.is_main:
-            torch.save(result, sys.argv[1])
+            torch.save(result, args.out)
     finally:
         teardown(context)

@@ -208,3 +208,44 @@ def test_compare_with_a_missing_result_fails_before_measuring(tmp_path, capsys):
     assert err.startswith("error: --compare='nothing': no saved result") and "fix: save one first" in err
     assert main(["attention", "--lengths", "16", "--save", "../x"]) == 2
     assert main(["attention", "--lengths", "16", "--fail-on-regression"]) == 2
+
+
+def test_gpu_command_says_nothing_ran_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: `python -m lra.bench gpu` runs for real there")
+    assert main(["gpu"]) == 2
+    assert "error: gpu='cuda': no CUDA device is visible to torch: nothing was run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_tests_report_each_outcome():
+    """The GPU tests run in pytest and come back one row each (skipped with the reason on a CPU machine)."""
+    from lra.bench.gpu import gpu_table, parse_junit, run_tests
+
+    rows = run_tests()
+    assert len(rows) >= 8 and {r["test"] for r in rows} >= {"test_fp16_scaler_steps_once_per_batch_across_chunks",
+                                                            "test_ddp_over_nccl_on_one_gpu_makes_the_one_process_update"}
+    if not torch.cuda.is_available():
+        assert {r["outcome"] for r in rows} == {"skipped"}
+        assert all("no CUDA device" in r["detail"] for r in rows)
+    failing = parse_junit('<testsuite><testcase name="t"><failure message="boom">x</failure></testcase></testsuite>')
+    assert failing == [{"test": "t", "outcome": "failed", "detail": "boom"}]
+    table = gpu_table({"gpu": "G", "torch": "2", "cuda": "12", "tests": failing,
+                       "attention": {"setup": {"matmul_size": 2048}, "results": []},
+                       "step": {"setup": {"batch_size": 8, "precision": "fp32"}, "results": []}})
+    assert "| test t | failed | boom |" in table
+
+
+@pytest.mark.slow
+def test_gpu_check_plumbing_on_the_cpu(tmp_path):
+    """What `python -m lra.bench gpu` runs after the tests, tried on the CPU at toy sizes: both benchmarks come
+    back as one table with every mechanism's FLOP rate and every step figure."""
+    from lra.bench.gpu import gpu_table, run_gpu_check
+
+    result = run_gpu_check(lengths=[16], task="listops-small", repeats=1, warmup=0, tests=False, device="cpu",
+                           overrides=[f"data.root={tmp_path / 'data'}", *TINY_MODEL], heads=2, head_dim=8,
+                           matmul_size=64, log=lambda m: None)
+    table = gpu_table(result)
+    for name in ATTENTIONS:
+        assert f"| attention {name} T=16 | measured |" in table and f"| step {name} chunk=8 | measured |" in table
+    assert "of GEMM rate" in table

@@ -60,6 +60,14 @@ def test_place_from_torchrun_and_slurm_environments():
     assert place_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "MASTER_ADDR": "n", "MASTER_PORT": "1"}) is None
 
 
+def test_ranks_other_than_zero_get_a_throw_away_hydra_folder():
+    assert hydra_overrides_for_rank({}) == []
+    assert hydra_overrides_for_rank({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}) == []
+    run_dir, subdir = hydra_overrides_for_rank({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"})
+    folder = Path(run_dir.removeprefix("hydra.run.dir="))
+    assert folder.is_dir() and folder.name.startswith("lra-rank1-") and subdir == "hydra.output_subdir=null"
+
+
 def test_rank_device_on_this_machine():
     assert rank_device("cpu", 3) == torch.device("cpu")
     if not torch.cuda.is_available():
@@ -75,7 +83,7 @@ def test_one_process_context_is_inert():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("nproc", [2, 3])
+@pytest.mark.parametrize("nproc", [2, pytest.param(3, marks=pytest.mark.long)])
 def test_ranks_make_the_one_process_update(tmp_path, nproc):
     """Two epochs of SGD steps (global batches 5, 5, 5, 5, 1; chunks of 2; clipping) on 2 and 3 gloo ranks
     under torchrun end with the parameters, per-step losses and dev sums of one process."""
@@ -84,7 +92,7 @@ def test_ranks_make_the_one_process_update(tmp_path, nproc):
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = torch.load(out, weights_only=False)
     one = ddp_worker.run(Distributed())
-    assert ranks["world_size"] == nproc and one["world_size"] == 1
+    assert ranks["world_size"] == nproc and one["world_size"] == 1 and ranks["backend"] == "gloo"
     assert ranks["dev"][1:] == one["dev"][1:] and ranks["dev"][2] == ddp_worker.N  # every dev sample once
     assert ranks["dev"][0] == pytest.approx(one["dev"][0], rel=1e-5)
     assert [s[1:] for s in ranks["losses"]] == [s[1:] for s in one["losses"]]

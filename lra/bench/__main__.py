@@ -1,4 +1,4 @@
-"""`python -m lra.bench {attention,step,budget}`: speed and memory, measured interleaved in one process.
+"""`python -m lra.bench {attention,step,budget,gpu}`: speed and memory, measured interleaved in one process.
 
   python -m lra.bench attention --lengths 1024 4096            # the five mechanisms, fwd+bwd, ratios to softmax
   python -m lra.bench attention --mechanisms softmax hrr-individual:block_size=0 hrr-individual:block_size=256
@@ -6,6 +6,7 @@
   python -m lra.bench step --task listops-small                 # train_step per chunk size, and the loader
   python -m lra.bench budget --task listops --memory-budget-mb 4000   # the chunk auto_chunk_size picks
   python -m lra.bench attention --save before ... ; python -m lra.bench attention --compare before --fail-on-regression
+  python -m lra.bench gpu                                       # on a GPU: the GPU tests and both benchmarks
 
 Each prints markdown tables; --json PATH writes the full result, --mlflow logs a run to the experiment `bench`
 ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder). On a CPU that other jobs keep busy, compare with
@@ -72,6 +73,15 @@ def parser() -> argparse.ArgumentParser:
                                                           "CUDA: a cap on the free memory")
     b.add_argument("--margin", type=float, default=0.8)
     b.add_argument("overrides", nargs="*", help="Hydra overrides of the run config")
+
+    g = sub.add_parser("gpu", help="on a GPU: the GPU tests, then the attention and step benchmarks, one table")
+    g.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    g.add_argument("--task", default="listops-small", help="the step benchmark's task (default %(default)s)")
+    g.add_argument("--repeats", type=int, default=10, help="timed rounds (default %(default)s)")
+    g.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default %(default)s)")
+    g.add_argument("--no-tests", action="store_true", help="only the benchmarks")
+    g.add_argument("--json", metavar="PATH", help="write the full result as JSON")
+    g.add_argument("overrides", nargs="*", help="Hydra overrides of the step benchmark's config")
     return ap
 
 
@@ -192,10 +202,26 @@ def budget(args) -> int:
     return 0
 
 
+def gpu(args) -> int:
+    from lra.bench.gpu import failed, gpu_table, run_gpu_check
+    from lra.bench.output import write_json
+
+    if not torch.cuda.is_available():
+        raise ConfigError("gpu", "cuda", "no CUDA device is visible to torch: nothing was run",
+                          "run it on a machine with a GPU and a CUDA build of torch")
+    result = run_gpu_check(lengths=args.lengths, task=args.task, repeats=args.repeats, warmup=args.warmup,
+                           overrides=args.overrides, tests=not args.no_tests,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(gpu_table(result))
+    if args.json:
+        print(f"\nwrote {write_json(result, args.json)}")
+    return 1 if failed(result) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return {"attention": attention, "step": step, "budget": budget}[args.command](args)
+        return {"attention": attention, "step": step, "budget": budget, "gpu": gpu}[args.command](args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

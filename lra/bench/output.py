@@ -19,7 +19,7 @@ def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-TEXT_COLUMNS = {"mechanism", "attention", "SDPA kernel", "figure", "verdict", "check", "result"}
+TEXT_COLUMNS = {"mechanism", "attention", "SDPA kernel", "figure", "verdict", "check", "result", "figures"}
 
 
 def _giga(x: float | None) -> float | None:
