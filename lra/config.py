@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from lra.errors import ConfigError
 
 SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
+OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What train() returns, so what a sweep may optimise: eval_* are the values of the best-dev epoch.
@@ -68,6 +69,7 @@ class TrainingSchema:
     log_every: int = 10
     checkpoint_every: int = 100
     debug_nan_at_step: Optional[int] = None
+    optimizer: str = "adamw"
 
 
 @dataclass
@@ -215,6 +217,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError("training.label_smoothing", training.label_smoothing, "must lie in [0, 1)",
                           "set training.label_smoothing=0.1")
     _choice("training.lr_scheduler", training.lr_scheduler, SCHEDULERS)
+    _choice("training.optimizer", training.optimizer, OPTIMIZERS)
     if not 0.0 < training.learning_rate_decay <= 1.0:
         raise ConfigError("training.learning_rate_decay", training.learning_rate_decay, "must lie in (0, 1]",
                           "set training.learning_rate_decay=0.9")
