@@ -1,8 +1,9 @@
 """The config schema and its validation: every user error is raised here, before any data is read.
 
 `validate(cfg)` checks the composed Hydra config against the schema (misspelt keys, wrong types) and then the
-values (unknown names, impossible sizes, a device that is not there). Each problem becomes one
-`ConfigError` line that names the key path, the value and the fix.
+values (unknown names, impossible sizes, a device that is not there), then the machine (`lra.preflight`: folders
+writable, data within memory). `check_against_data(cfg, splits)` checks the model against the loaded data. Each
+problem becomes one `ConfigError` line that names the key path, the value and the fix.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from lra.errors import ConfigError
+from lra.preflight import check_against_data, check_machine  # noqa: F401 (check_against_data: for lra.train)
 
 SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
 DEVICES = ("auto", "cpu", "cuda")
@@ -202,7 +204,7 @@ def resolve_device(device: str) -> torch.device:
 def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config; return it merged into the schema (typed, read-only) or raise ConfigError."""
     from lra.attention import attention_options
-    from lra.data import check_data_config, sequence_length
+    from lra.data import check_data_config, check_source_used, sequence_length
     from lra.model import POOLING_MODES
 
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -281,11 +283,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     _choice("sweep.objective", typed.sweep.objective, OBJECTIVES)
 
     check_data_config(typed.data)
+    check_source_used(typed.data)
     length = sequence_length(typed.data) + (1 if model.pooling_mode == "CLS" else 0)
     if length > model.max_seq_len and not typed.data.get("truncate", False):
         cls_note = " (one slot is the CLS token)" if model.pooling_mode == "CLS" else ""
         raise ConfigError("model.max_seq_len", model.max_seq_len,
                           f"the task's sequences need {length} positions{cls_note}",
                           f"set model.max_seq_len={length}, or data.truncate=true to cut them")
+    check_machine(typed)  # folders writable, arrays within memory: the machine, not the config alone
     OmegaConf.set_readonly(typed, True)
     return typed

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from lra.batches import epoch_order, iterate_batches, num_batches, to_device
 from lra.checkpoint import CheckpointStore, rng_state, run_key, set_rng_state
-from lra.config import resolve_device, resolve_precision, validate
+from lra.config import check_against_data, resolve_device, resolve_precision, validate
 from lra.data import Split, load_splits, sequence_length
 from lra.errors import ConfigError
 from lra.model import LRAClassifier, count_parameters
@@ -149,6 +149,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     splits = load_splits(cfg.data, cfg.dataset)
     _check_data(cfg, splits)
+    check_against_data(cfg, splits)  # vocab_size and num_classes cover the data, before any run exists
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
     autocast = autocast_context(device, precision)
