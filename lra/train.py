@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lra.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
 from lra.checkpoint import CheckpointStore, RunLockedError, run_key, set_rng_state
-from lra.config import resolve_precision, validate
+from lra.config import check_against_data, resolve_precision, validate
 from lra.data import Split, load_splits, sequence_length
 from lra.distributed import Distributed, rank_zero_first, setup, teardown, wrap
 from lra.errors import ConfigError
@@ -205,6 +205,7 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
     with rank_zero_first(ctx):  # rank 0 prepares a missing data cache; the others then read it
         splits = load_splits(cfg.data, cfg.dataset)
     _check_data(cfg, splits)
+    check_against_data(cfg, splits)  # vocab_size and num_classes cover the data, before any run exists
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
     autocast = autocast_context(device, precision)
