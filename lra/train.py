@@ -65,7 +65,7 @@ def build_model(cfg: DictConfig) -> LRAClassifier:
         tied_weights=m.tied_weights, attention=name, attention_options=options,
         attention_grad_checkpointing=bool(
             cfg.extra_attn_config.get(name, {}).get("attention_grad_checkpointing", False)),
-        dual_encoder=m.dual_encoder,
+        dual_encoder=m.dual_encoder, head_activation=m.head_activation, embedding_init_std=m.embedding_init_std,
     )
 
 
