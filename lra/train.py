@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from lra.artifacts import log_model_artifacts
 from lra.batches import epoch_order, iterate_batches, num_batches, to_device
 from lra.checkpoint import CheckpointStore, rng_state, run_key, set_rng_state
 from lra.config import resolve_device, resolve_precision, validate
@@ -217,6 +218,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "peak_memory_mb": memory.mb,
         }
         tracker.log_metrics(metrics, step=progress.global_step)
+        log_model_artifacts(tracker, model, cfg, store.folder, chunk_size=chunk_size, test_accuracy=test.accuracy)
         # a sweep's objective: eval_* are the best-dev epoch's values (the weights that were tested)
         metrics.update(eval_accuracy=progress.best_eval_accuracy, eval_loss=progress.best_eval_loss)
         progress.completed = True
