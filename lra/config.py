@@ -110,6 +110,7 @@ class PublishedSchema:  # the experiment group's published figure (lra/published
     test_accuracy: Optional[float] = None
     source: Optional[str] = None
     verified: bool = False
+    experiment: Optional[str] = None
 
 
 @dataclass
