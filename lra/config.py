@@ -51,6 +51,8 @@ class ModelSchema:
     pooling_mode: str = "MEAN"
     num_classes: int = 2
     dual_encoder: bool = False
+    head_activation: str = "relu"  # lra.model.HEAD_ACTIVATIONS
+    embedding_init_std: Optional[float] = 0.02
 
 
 @dataclass
@@ -109,6 +111,14 @@ class SweepSchema:
 
 
 @dataclass
+class PublishedSchema:  # the experiment group's published figure (lra/published.py)
+    test_accuracy: Optional[float] = None
+    source: Optional[str] = None
+    verified: bool = False
+    experiment: Optional[str] = None
+
+
+@dataclass
 class Schema:
     task: str = "listops-small"
     dataset: DatasetSizes = field(default_factory=DatasetSizes)
@@ -122,6 +132,7 @@ class Schema:
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     sweep: SweepSchema = field(default_factory=SweepSchema)
+    published: PublishedSchema = field(default_factory=PublishedSchema)
 
 
 @functools.lru_cache(maxsize=1)
@@ -207,7 +218,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config; return it merged into the schema (typed, read-only) or raise ConfigError."""
     from lra.attention import attention_options
     from lra.data import check_data_config, check_source_used, sequence_length
-    from lra.model import POOLING_MODES
+    from lra.model import HEAD_ACTIVATIONS, POOLING_MODES
 
     plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     _check_groups(plain, _schema())
@@ -227,6 +238,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not 0.0 <= model[key] < 1.0:
             raise ConfigError(f"model.{key}", model[key], "must lie in [0, 1)", f"set model.{key}=0.1")
     _choice("model.pooling_mode", model.pooling_mode, POOLING_MODES)
+    _choice("model.head_activation", model.head_activation, tuple(HEAD_ACTIVATIONS))
+    if model.embedding_init_std is not None and not model.embedding_init_std > 0:
+        raise ConfigError("model.embedding_init_std", model.embedding_init_std, "must be positive or null",
+                          "set model.embedding_init_std=0.02 (null: PyTorch's N(0, 1))")
 
     _at_least("training.batch_size", training.batch_size, 1)
     _at_least("training.num_epochs", training.num_epochs, 1)

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from lra.artifacts import log_model_artifacts
 from lra.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
 from lra.checkpoint import CheckpointStore, RunLockedError, run_key, set_rng_state
 from lra.config import check_against_data, resolve_precision, validate
@@ -58,7 +59,7 @@ def build_model(cfg: DictConfig) -> LRAClassifier:
         tied_weights=m.tied_weights, attention=name, attention_options=options,
         attention_grad_checkpointing=bool(
             cfg.extra_attn_config.get(name, {}).get("attention_grad_checkpointing", False)),
-        dual_encoder=m.dual_encoder,
+        dual_encoder=m.dual_encoder, head_activation=m.head_activation, embedding_init_std=m.embedding_init_std,
     )
 
 
@@ -358,6 +359,9 @@ def _test(run: Run) -> dict[str, float]:
         "peak_memory_mb": run.peak_memory_mb(),
     }
     run.log(metrics)
+    if run.is_main:
+        log_model_artifacts(run.tracker, run.model, run.cfg, run.store.folder, chunk_size=run.chunk_size,
+                            test_accuracy=test.accuracy)
     # a sweep's objective: eval_* are the best-dev epoch's values (the weights that were tested)
     metrics.update(eval_accuracy=progress.best_eval_accuracy, eval_loss=progress.best_eval_loss)
     progress.completed = True
