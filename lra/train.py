@@ -309,7 +309,7 @@ def _end_epoch(cfg, model, splits, progress: Progress, tracker: RunTracker, stor
     progress.epoch += 1
     progress.batch_in_epoch = 0
     progress.epoch_loss_sum, progress.epoch_correct, progress.epoch_count = 0.0, 0, 0
-    objective = {"eval_accuracy": dev.accuracy, "eval_loss": dev.loss}.get(cfg.sweep.objective, dev.accuracy)
+    objective = dev.loss if cfg.sweep.objective == "eval_loss" else dev.accuracy  # (a list: never reported)
     if trial is not None and trial.report(progress.epoch, objective):
         import optuna
 
