@@ -28,6 +28,7 @@ import importlib.util
 import logging
 import math
 import os
+import re
 import secrets
 import signal
 import sys
@@ -43,6 +44,7 @@ from typing import Any, Callable, Optional
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
@@ -316,13 +318,10 @@ class LraOptunaSweeperImpl(Sweeper):
         build_pruner(pruner)  # a bad pruner stops the sweep here; jobs build their own from the stored spec
         n_trials = self.n_trials
         if str(sampler.get("_target_")).endswith("GridSampler"):
-            size = grid_size(grid_space(space.distributions))
+            size = grid_size(grid_space(space.distributions, space.sources))
             if size < n_trials:
                 log.info("n_trials %d capped to the grid's %d points", n_trials, size)
                 n_trials = size
-        if pruner is not None and self.app is None:
-            log.info("pruner %s: jobs of this app prune only if they report to their trial",
-                     pruner.get("_target_"))
         url = self._storage_url()
         name = str(self.study_name or os.environ.get(ENV_SWEEP_ID) or new_sweep_id())
         plan = Plan(space, objectives, directions, sampler, pruner, n_trials, url, name, self._extender())
@@ -335,7 +334,10 @@ class LraOptunaSweeperImpl(Sweeper):
         probe = {key: dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
                  for key, dist in plan.space.distributions.items()}
         overrides = self._overrides(plan, probe, 0)
-        self.validate_batch_is_legal([overrides])
+        try:
+            self.validate_batch_is_legal([overrides])
+        except ConfigCompositionException as error:
+            raise _composition_error(error, plan.space) from None
         target = self.validate
         if target == "auto":
             target = VALIDATE if self.app is not None else None
@@ -622,6 +624,17 @@ class LraOptunaSweeperImpl(Sweeper):
                               "trials' reasons above (user attribute lra_fail_reason)")
 
 
+def _composition_error(error: ConfigCompositionException, space: SearchSpace) -> SweeperError:
+    """Hydra's multi-line composition error for a job of the sweep, as one line naming the key."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    found = re.search(r"'([^']+)'", lines[0]) if lines else None
+    key = found.group(1) if found else "overrides"
+    value = space.sources.get(key)
+    fix = next((line for line in lines[1:] if line.lower().startswith(("to ", "use ", "did you"))),
+               "check the key against the app's config")
+    return SweeperError(key, value, lines[0].rstrip(".") if lines else str(error), fix)
+
+
 class _nothing:
     def __enter__(self) -> None:
         return None
@@ -638,6 +651,4 @@ def _short(values: Optional[Sequence[float]]) -> str:
 
 
 def _redact(text: str) -> str:
-    import re
-
     return re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", text)

@@ -81,11 +81,12 @@ def _instantiate(spec: Mapping[str, Any], key: str) -> Any:
                            f"check the keys under {key} against Optuna's documentation of that class") from None
 
 
-def grid_space(distributions: Mapping[str, Any]) -> dict[str, list[Any]]:
+def grid_space(distributions: Mapping[str, Any], sources: Optional[Mapping[str, str]] = None) -> dict[str, list[Any]]:
     if not distributions:
         raise SweeperError("hydra.sweeper.params", {}, "the grid sampler needs a search space",
                            "give hydra.sweeper.params or sweep overrides (choice, range)")
-    return {key: grid_values(key, dist) for key, dist in distributions.items()}
+    return {key: grid_values(key, dist, (sources or {}).get(key, "interval(...)"))
+            for key, dist in distributions.items()}
 
 
 def grid_size(grid: Mapping[str, Sequence[Any]]) -> int:

@@ -42,6 +42,7 @@ class SearchSpace:
     distributions: dict[str, BaseDistribution] = field(default_factory=dict)
     fixed: dict[str, str] = field(default_factory=dict)  # key -> override value text ("" for `~key`)
     texts: dict[str, list[str]] = field(default_factory=dict)  # categorical key -> each choice's override text
+    sources: dict[str, str] = field(default_factory=dict)  # key -> the value as written (for error lines)
 
     def override(self, key: str, value: Any) -> str:
         """`key=<value>` for a sampled value, with a choice's text as the user wrote it."""
@@ -63,6 +64,10 @@ def _categorical(key: str, values: list[Any]) -> tuple[CategoricalDistribution, 
     if not choices:
         raise SweeperError(f"hydra.sweeper.params.{key}", "", "an empty choice", "give at least one value")
     return CategoricalDistribution(choices), [_choice_text(value) for value in values]
+
+
+def _source(override: Override) -> str:
+    return (override.input_line or "").partition("=")[2] or str(override.value())
 
 
 def _range(key: str, value: RangeSweep, line: str) -> BaseDistribution:
@@ -88,7 +93,7 @@ def distribution_of(override: Override) -> tuple[BaseDistribution, Optional[list
     if isinstance(value, ChoiceSweep) or (isinstance(value, RangeSweep) and value.shuffle):
         return _categorical(key, list(override.sweep_iterator()))
     if isinstance(value, RangeSweep):
-        return _range(key, value, override.input_line or ""), None
+        return _range(key, value, _source(override)), None
     if isinstance(value, IntervalSweep):
         log = "log" in value.tags
         start, end = value.start, value.end
@@ -97,7 +102,7 @@ def distribution_of(override: Override) -> tuple[BaseDistribution, Optional[list
         if isinstance(start, int) and isinstance(end, int):  # int(interval(...)): Hydra casts the bounds
             return IntDistribution(start, end, log=log), None
         return FloatDistribution(float(start), float(end), log=log), None
-    raise SweeperError(f"hydra.sweeper.params.{key}", override.input_line, "not a search space",
+    raise SweeperError(f"hydra.sweeper.params.{key}", _source(override), "not a search space",
                        "use interval(...), range(...), choice(...) or a comma list")
 
 
@@ -119,6 +124,7 @@ def parse_search_space(arguments: list[str]) -> SearchSpace:
         space.distributions.pop(key, None)
         space.fixed.pop(key, None)
         space.texts.pop(key, None)
+        space.sources[key] = _source(override)
         if override.is_sweep_override():
             distribution, texts = distribution_of(override)
             space.distributions[key] = distribution
@@ -131,7 +137,7 @@ def parse_search_space(arguments: list[str]) -> SearchSpace:
     return space
 
 
-def grid_values(key: str, distribution: BaseDistribution) -> list[Any]:
+def grid_values(key: str, distribution: BaseDistribution, source: str = "interval(...)") -> list[Any]:
     """Every value of a discrete distribution, for Optuna's GridSampler (ends included, as sampled)."""
     if isinstance(distribution, CategoricalDistribution):
         return list(distribution.choices)
@@ -140,7 +146,7 @@ def grid_values(key: str, distribution: BaseDistribution) -> list[Any]:
     if isinstance(distribution, FloatDistribution) and distribution.step is not None:
         count = math.floor((distribution.high - distribution.low) / distribution.step + 1e-9) + 1
         return [round(distribution.low + i * distribution.step, 12) for i in range(count)]
-    raise SweeperError(f"hydra.sweeper.params.{key}", "interval(...)", "the grid sampler needs a finite set of "
+    raise SweeperError(f"hydra.sweeper.params.{key}", source, "the grid sampler needs a finite set of "
                        "values", "use range(a, b, step) or choice(...) for this key, or another sampler")
 
 
