@@ -19,6 +19,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 ATTENTION_ORDER = ("softmax", "hrr-individual", "hrr-bundled", "hrr-quadratic", "tpr")
 ACCURACY = "best_eval_accuracy"  # the run's metric for the objective eval_accuracy (best dev epoch)
+SHOWN_PARAMS = ("training.learning_rate", "training.weight_decay", "model.num_layers", "model.dropout_prob",
+                "attention.scale_init", "attention.learn_scale")  # what sweeps/pareto.yaml searches
 PANELS = (("samples_per_second", "training throughput (samples/s)", "maximize"),
           ("peak_memory_mb", "peak memory (MB)", "minimize"))
 
@@ -68,9 +70,7 @@ def points_of(runs: Iterable[Any]) -> list[Point]:
         values = {name: float(metrics[name]) for name, _, _ in PANELS}
         if not all(math.isfinite(v) for v in (*values.values(), metrics[ACCURACY])):
             continue
-        params = {key: value for key, value in run.data.params.items()
-                  if key.startswith(("training.learning_rate", "training.weight_decay", "model.num_layers",
-                                     "model.dropout_prob", "attention.scale_init", "attention.learn_scale"))}
+        params = {key: value for key, value in run.data.params.items() if key in SHOWN_PARAMS}
         points.append(Point(run.info.run_id, run.data.tags.get("optuna_trial", "?"),
                             run.data.tags.get("attention", "?"), float(metrics[ACCURACY]), values, params))
     return points
