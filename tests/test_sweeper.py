@@ -254,8 +254,8 @@ def test_auto_sampler_and_pruner_follow_the_number_of_objectives():
     assert resolve_pruner(median, 1)["_target_"] == "optuna.pruners.MedianPruner"
     assert resolve_pruner(median, 2) is None  # not asked for: no pruning with several objectives
     assert resolve_pruner({"_target_": "optuna.pruners.NopPruner"}, 2) is None
-    with pytest.raises(SweeperError, match=r"hydra.sweeper.pruner._target_='optuna.pruners.MedianPruner': "
-                                           r"Optuna prunes only single-objective studies.*fix: hydra/sweeper/pruner=nop"):
+    with pytest.raises(SweeperError, match=r"hydra.sweeper.pruner._target_='optuna.pruners.MedianPruner': Optuna "
+                                           r"prunes only single-objective studies.*fix: hydra/sweeper/pruner=nop"):
         resolve_pruner({"_target_": "optuna.pruners.MedianPruner"}, 2)
 
 

@@ -90,7 +90,8 @@ def test_multi_objective_lra_sweep_writes_and_draws_its_pareto_front(tmp_path):
     assert parent.data.metrics["pareto_size"] == len(front)
 
     rows, files = make_report(client, sweep_id="mo", out=tmp_path / "report")
-    assert {path.name for path in files} >= {"pareto.md", "pareto.png"} and (tmp_path / "report/pareto.png").stat().st_size
+    assert {path.name for path in files} >= {"pareto.md", "pareto.png"}
+    assert (tmp_path / "report" / "pareto.png").stat().st_size > 0
     table = (tmp_path / "report" / "pareto.md").read_text()
     assert "Pareto front of dev accuracy and throughput" in table
     assert sum(line.startswith("| ") and line[2].isdigit() for line in table.splitlines()) == len(front)
