@@ -104,7 +104,7 @@ class CheckpointSchema:
 class SweepSchema:
     id: Optional[str] = None
     parent_run_id: Optional[str] = None
-    objective: str = "eval_accuracy"
+    objective: Any = "eval_accuracy"  # a metric name, or a list of them (a multi-objective Optuna sweep)
     storage: Optional[str] = None
     study_name: Optional[str] = None
     trial_number: Optional[int] = None
@@ -298,7 +298,9 @@ def validate(cfg: DictConfig) -> DictConfig:
                           "fp16 autocast is not supported on the CPU",
                           "use training.mixed_precision=bf16 (or false) on a CPU")
 
-    _choice("sweep.objective", typed.sweep.objective, OBJECTIVES)
+    objectives = typed.sweep.objective
+    for objective in (list(objectives) if OmegaConf.is_list(objectives) else [objectives]):
+        _choice("sweep.objective", objective, OBJECTIVES)
 
     check_data_config(typed.data)
     check_source_used(typed.data)

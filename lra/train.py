@@ -339,7 +339,7 @@ def _end_epoch(run: Run) -> None:
         progress.best_epoch = progress.epoch
         run.save_best()
     progress.next_epoch()
-    objective = {"eval_accuracy": dev.accuracy, "eval_loss": dev.loss}.get(run.cfg.sweep.objective, dev.accuracy)
+    objective = dev.loss if run.cfg.sweep.objective == "eval_loss" else dev.accuracy  # (a list: never reported)
     prune = run.dist.broadcast(run.trial is not None and run.trial.report(progress.epoch, objective))
     if prune:
         import optuna
