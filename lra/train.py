@@ -25,7 +25,9 @@ from lra.data import Split, load_splits, sequence_length
 from lra.errors import ConfigError
 from lra.model import LRAClassifier, count_parameters
 from lra.schedule import build_scheduler
+from lra.devices import device_params
 from lra.step import StepStats, autocast_context, eval_step, train_step
+from lra.sweep import completed_metrics
 from lra.tracking import RunTracker, ui_command
 
 log = logging.getLogger(__name__)
@@ -164,6 +166,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     store = CheckpointStore(cfg.checkpoint.dir, run_key(cfg))
+    done = completed_metrics(cfg, store)  # a grid sweep run again: this config already completed in it
+    if done is not None:
+        return done
     saved = store.load_last() if cfg.checkpoint.resume else None
     if saved is not None and saved["progress"]["completed"]:
         log.info("the last run of this config completed; starting a new run")
@@ -194,7 +199,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                             "resolved.precision": precision, "resolved.torch_threads": torch.get_num_threads(),
                             "resolved.steps_per_epoch": steps_per_epoch, "resolved.total_steps": total_steps,
                             "resolved.num_parameters": count_parameters(model),
-                            "resolved.chunk_size": chunk_size})
+                            "resolved.chunk_size": chunk_size, **device_params()})
 
     def save_last() -> None:
         store.save_last({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
