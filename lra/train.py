@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from lra.batches import epoch_order, iterate_batches, num_batches, to_device
-from lra.checkpoint import CheckpointStore, rng_state, run_key, set_rng_state
+from lra.checkpoint import CheckpointStore, RunLockedError, rng_state, run_key, set_rng_state
 from lra.config import resolve_device, resolve_precision, validate
 from lra.data import Split, load_splits, sequence_length
 from lra.errors import ConfigError
@@ -27,8 +28,10 @@ from lra.model import LRAClassifier, count_parameters
 from lra.schedule import build_scheduler
 from lra.devices import device_params
 from lra.step import StepStats, autocast_context, eval_step, train_step
+from lra.interrupt import Interrupted, StopSignals
+from lra.stores import check_tracking_store
 from lra.sweep import completed_metrics
-from lra.tracking import RunTracker, ui_command
+from lra.tracking import RunTracker, TrackingError, tracking_uri, ui_command
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,11 @@ class Progress:
     epoch_correct: int = 0
     epoch_count: int = 0
     completed: bool = False
+    # the per-step logging window in progress, so the first point logged after a resume covers log_every steps
+    window_loss_sum: float = 0.0
+    window_correct: int = 0
+    window_count: int = 0
+    window_seconds: float = 0.0
 
 
 def build_model(cfg: DictConfig) -> LRAClassifier:
@@ -139,9 +147,42 @@ def _check_data(cfg: DictConfig, splits: dict[str, Split]) -> None:
                           f"set model.dual_encoder={str(dual).lower()}")
 
 
+def _resumable_state(store: CheckpointStore, cfg: DictConfig) -> Optional[dict[str, Any]]:
+    """The checkpoint to continue from: None for a fresh start (resume off, nothing saved, or a completed run,
+    whose files stay until the new run has started)."""
+    if not cfg.checkpoint.resume:
+        return None
+    saved = store.load_last()
+    if saved is not None and saved["progress"]["completed"]:
+        log.info("the last run of this config completed; starting a new run")
+        return None
+    return saved
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test one model as `cfg` describes; return its final metrics."""
     cfg = validate(cfg)
+    check_tracking_store(tracking_uri(cfg.tracking.uri))  # an unreachable store fails now, not after the data
+    store = CheckpointStore(cfg.checkpoint.dir, run_key(cfg))
+    done = completed_metrics(cfg, store)  # a grid sweep run again: this config already completed in it
+    if done is not None:
+        return done
+    try:
+        store.acquire()
+    except RunLockedError as error:
+        raise ConfigError("checkpoint.dir", cfg.checkpoint.dir,
+                          f"this config is being trained by {error.owner} (its folder {error.folder} is locked)",
+                          "wait for it to end, or run a second copy with another training.seed or "
+                          "checkpoint.dir") from None
+    try:
+        with StopSignals() as stop:
+            return _train_owned(cfg, store, stop)
+    finally:
+        store.release()
+
+
+def _train_owned(cfg: DictConfig, store: CheckpointStore, stop: StopSignals) -> dict[str, float]:
+    """train() once this process owns the config's checkpoint folder."""
     t, hw = cfg.training, cfg.hardware
     device = resolve_device(hw.device)
     precision = resolve_precision(t.mixed_precision, device)
@@ -165,24 +206,23 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                 final_div_factor=t.final_div_factor)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    store = CheckpointStore(cfg.checkpoint.dir, run_key(cfg))
-    done = completed_metrics(cfg, store)  # a grid sweep run again: this config already completed in it
-    if done is not None:
-        return done
-    saved = store.load_last() if cfg.checkpoint.resume else None
-    if saved is not None and saved["progress"]["completed"]:
-        log.info("the last run of this config completed; starting a new run")
-        store.clear()
-        saved = None
+    saved = _resumable_state(store, cfg)
     progress = Progress()
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"])
-        progress = Progress(**saved["progress"])
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            set_rng_state(saved["rng"])
+            progress = Progress(**saved["progress"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:  # a checkpoint of another model
+            store.set_aside(store.loaded_from, error)
+            return _train_owned(cfg, store, stop)  # from the previous checkpoint, else from scratch
         log.info("resuming from %s at epoch %d, batch %d", store.folder, progress.epoch, progress.batch_in_epoch)
+    if stop.requested is not None:  # a signal during start-up: nothing trained, nothing to save
+        print(f"interrupted before training started ({signal.Signals(stop.requested).name})", file=sys.stderr)
+        raise Interrupted(stop.requested, progress.global_step)
 
     trial, pruned = None, ()
     if cfg.sweep.storage is not None:  # a job of an Optuna sweep: report to its trial, stop when pruned
@@ -193,8 +233,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trial, pruned = open_trial(cfg.sweep), (optuna.TrialPruned,)
     memory = PeakMemory(device)
     tracker = RunTracker(cfg)
-    run_id = tracker.start(resume_run_id=saved["run_id"] if saved is not None else None)
-    if saved is None:
+    resume_run_id, tags = (saved["run_id"] if saved is not None else None), {}
+    if resume_run_id is not None:
+        why_not = tracker.why_not_resumable(resume_run_id)
+        if why_not is not None:
+            print(f"warning: {why_not}; continuing from the checkpoint at step {progress.global_step} in a new "
+                  f"run tagged resumed_from_run_id={resume_run_id}", file=sys.stderr)
+            tags, resume_run_id = {"resumed_from_run_id": resume_run_id}, None
+    run_id = tracker.start(resume_run_id=resume_run_id, tags=tags)
+    if resume_run_id is None:
+        if saved is None:
+            store.clear()  # a completed run's files go only now that its successor has started
         tracker.log_params({"run_key": store.folder.name, "resolved.device": str(device),
                             "resolved.precision": precision, "resolved.torch_threads": torch.get_num_threads(),
                             "resolved.steps_per_epoch": steps_per_epoch, "resolved.total_steps": total_steps,
@@ -208,7 +257,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         _fit(cfg, model, optimizer, scheduler, scaler, splits, progress, tracker, store, save_last, trial, memory,
-             device=device, autocast=autocast, chunk_size=chunk_size, total_steps=total_steps,
+             stop, device=device, autocast=autocast, chunk_size=chunk_size, total_steps=total_steps,
              steps_per_epoch=steps_per_epoch, limit=limit)
         best = store.load_best()
         if best is not None:
@@ -226,10 +275,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(eval_accuracy=progress.best_eval_accuracy, eval_loss=progress.best_eval_loss)
         progress.completed = True
         save_last()
+    except TrackingError as error:  # the store went away mid-run: keep the training, say how to continue
+        save_last()
+        tracker.end("FAILED")
+        print(f"error: {error} at step {progress.global_step}; the checkpoint is saved: run the same command "
+              f"to resume when the store is back", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (Interrupted, KeyboardInterrupt) as error:
+        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+        tracker.end("KILLED", tags={"interrupted": "true", "interrupt_signal": signal.Signals(signum).name})
+        print(f"interrupted at step {progress.global_step} ({signal.Signals(signum).name}); run the same command "
+              f"to resume", file=sys.stderr)
+        raise Interrupted(signum, progress.global_step) from None
+    except SystemExit:  # a launcher's handler requeues the job (submitit): the checkpoint is saved
+        tracker.end("KILLED", tags={"interrupted": "true", "requeued": "true"})
+        raise
     except BaseException as error:
         if isinstance(error, pruned):
-            tracker.set_tags({"pruned": "true"})
-            tracker.end("KILLED")
+            tracker.end("KILLED", tags={"pruned": "true"})
         else:
             tracker.end("FAILED")
         raise
@@ -240,12 +303,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _fit(cfg, model, optimizer, scheduler, scaler, splits, progress: Progress, tracker: RunTracker,
-         store: CheckpointStore, save_last, trial, memory: PeakMemory, *, device, autocast, chunk_size, total_steps,
-         steps_per_epoch, limit) -> None:
-    """The epochs: chunked steps with per-step logging and checkpoints, then evaluation after each epoch."""
+         store: CheckpointStore, save_last, trial, memory: PeakMemory, stop: StopSignals, *, device, autocast,
+         chunk_size, total_steps, steps_per_epoch, limit) -> None:
+    """The epochs: chunked steps with per-step logging and checkpoints, then evaluation after each epoch. A stop
+    signal is honoured after the step (or the evaluation) in progress: checkpoint first, then `stop.finish`."""
     t = cfg.training
-    window, window_seconds = StepStats(), 0.0
-    while progress.epoch < t.num_epochs and progress.global_step < total_steps:
+    window = StepStats(progress.window_loss_sum, progress.window_correct, progress.window_count)
+    # an epoch whose steps are done but whose evaluation is not (a stop during it) is evaluated on resume
+    while progress.epoch < t.num_epochs and (progress.global_step < total_steps or progress.batch_in_epoch > 0):
         order = epoch_order(len(splits["train"]), t.seed, progress.epoch)
         bar = tqdm(total=steps_per_epoch, initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}",
                    file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False,
@@ -253,6 +318,8 @@ def _fit(cfg, model, optimizer, scheduler, scaler, splits, progress: Progress, t
         tic = time.perf_counter()
         for batch in iterate_batches(splits["train"], t.batch_size, order=order, start=progress.batch_in_epoch,
                                      limit=limit):
+            if progress.global_step >= total_steps:
+                break
             poison = t.debug_nan_at_step is not None and progress.global_step + 1 == t.debug_nan_at_step
             stats = train_step(model, to_device(batch, device), optimizer, chunk_size=chunk_size,
                                autocast=autocast, scaler=scaler, grad_clip=t.grad_clip,
@@ -273,26 +340,31 @@ def _fit(cfg, model, optimizer, scheduler, scaler, splits, progress: Progress, t
             progress.epoch_correct += stats.correct
             progress.epoch_count += stats.count
             window.add(stats)
-            window_seconds += seconds
+            progress.window_seconds += seconds
             bar.update(1)
             if progress.global_step % t.log_every == 0:
-                speed = window.count / max(window_seconds, 1e-9)
+                speed = window.count / max(progress.window_seconds, 1e-9)
                 tracker.log_metrics({"train_loss": window.loss, "train_accuracy": window.accuracy, "lr": lr,
                                      "samples_per_second": speed, "peak_memory_mb": memory.mb},
                                     step=progress.global_step)
                 bar.set_postfix(loss=f"{window.loss:.3f}", acc=f"{window.accuracy:.3f}", sps=f"{speed:.0f}")
-                window, window_seconds = StepStats(), 0.0
+                window, progress.window_seconds = StepStats(), 0.0
+            progress.window_loss_sum, progress.window_correct, progress.window_count = (
+                window.loss_sum, window.correct, window.count)
             at_epoch_end = progress.batch_in_epoch == steps_per_epoch
-            if (t.checkpoint_every and progress.global_step % t.checkpoint_every == 0 and not at_epoch_end
+            if stop.requested is not None:
+                save_last()
+                stop.finish(progress.global_step)  # raises, or a launcher's handler took the signal
+            elif (t.checkpoint_every and progress.global_step % t.checkpoint_every == 0 and not at_epoch_end
                     and progress.global_step < total_steps):
                 save_last()
-            if progress.global_step >= total_steps:
-                break
             tic = time.perf_counter()
         bar.close()
         _end_epoch(cfg, model, splits, progress, tracker, store, trial, device=device, autocast=autocast,
                    chunk_size=chunk_size, limit=limit)
         save_last()
+        if stop.requested is not None:
+            stop.finish(progress.global_step)
 
 
 def _end_epoch(cfg, model, splits, progress: Progress, tracker: RunTracker, store: CheckpointStore, trial, *,
