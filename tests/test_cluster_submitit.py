@@ -5,6 +5,7 @@ run again while its jobs still run. Minutes each: marked long (`python -m pytest
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -35,6 +36,7 @@ class Sweeps:
 
     def __init__(self, root: Path) -> None:
         self.root, self.uri = root, f"sqlite:///{root / 'mlflow.db'}"
+        root.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.uri)
 
     def args(self, sweep_dir: str, *overrides: str, config: str = "tiny") -> list[str]:
@@ -162,3 +164,114 @@ def test_local_gpus_runs_one_job_per_device_at_a_time(tmp_path):
         for other_start, _, other_device in spans[i + 1:]:
             if other_start < end:
                 assert other_device != device
+
+
+LONGER = ("dataset.train=640", "training.checkpoint_every=3", "model.dropout_prob=0.1")  # 80 steps, 26 checkpoints
+
+
+def wait_for_checkpoints(root: Path, count: int, process: subprocess.Popen, timeout: float = 600) -> list[dict]:
+    """The first mid-epoch checkpoint of `count` configs under root/checkpoints (jobs are then training)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = []
+        for path in (root / "checkpoints").glob("*/last.pt"):
+            try:
+                state = torch.load(path, weights_only=True)
+            except Exception:  # noqa: BLE001 - only a complete file counts
+                continue
+            if state["progress"]["batch_in_epoch"] > 0 and not state["progress"]["completed"]:
+                states.append(state)
+        if len(states) >= count:
+            return states
+        assert process.poll() is None, f"the sweep ended before {count} jobs were training"
+        time.sleep(0.05)
+    raise AssertionError(f"no {count} mid-epoch checkpoints within {timeout} s")
+
+
+def job_processes(root: Path) -> list[psutil.Process]:
+    """The processes running a job of a sweep under `root` (submitit's `submitit.core._submit <folder>`)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "submitit.core._submit" in cmdline and str(root) in cmdline:
+            found.append(process)
+    return found
+
+
+def test_a_preempted_job_is_requeued_and_resumes_into_its_run_with_the_metrics_of_an_uninterrupted_run(tmp_path):
+    overrides = ("hydra/launcher=submitit_local", "attention=hrr-bundled", *LONGER)
+    reference = Sweeps(tmp_path / "reference")
+    whole = reference.run("sweep", *overrides)
+    (expected,) = reference.jobs(sweep_ids(whole.stdout + whole.stderr)[0])
+
+    preempted = Sweeps(tmp_path / "preempted")
+    sweeper = preempted.start("sweep", *overrides)
+    (state,) = wait_for_checkpoints(preempted.root, 1, sweeper)
+    (job,) = job_processes(preempted.root)
+    job.send_signal(signal.SIGUSR2)  # what SLURM (and submitit's local controller) send before a time limit
+    assert sweeper.wait(900) == 0, (preempted.root / "sweep.log").read_text()[-5000:]
+
+    (log,) = job_logs(preempted.root / "sweep").values()
+    assert "Requeued job" in log and "resuming from" in log, log[-5000:]
+    (run,) = preempted.jobs(sweep_ids((preempted.root / "sweep.log").read_text())[0])
+    assert run.info.run_id == state["run_id"]  # the requeued job continued the run it had started
+    assert run.info.status == "FINISHED" and run.data.tags["interrupted"] == "true"
+    print(f"preempted at step {state['progress']['global_step']} or just after; requeued and resumed into run "
+          f"{run.info.run_id}: " + ", ".join(f"{key} {run.data.metrics[key]:.6f} (uninterrupted "
+                                             f"{expected.data.metrics[key]:.6f})"
+                                             for key in ("test_accuracy", "test_loss", "best_eval_accuracy")))
+    for key in ("test_accuracy", "test_loss", "best_eval_accuracy"):
+        assert run.data.metrics[key] == pytest.approx(expected.data.metrics[key], rel=1e-6, abs=1e-7), key
+    for key in ("eval_loss", "eval_accuracy"):
+        history = {m.step: m.value for m in preempted.client.get_metric_history(run.info.run_id, key)}
+        reference_history = {m.step: m.value for m in reference.client.get_metric_history(expected.info.run_id, key)}
+        assert history.keys() == reference_history.keys()
+        assert all(history[step] == pytest.approx(reference_history[step], rel=1e-6) for step in history), key
+    (returned,) = job_returns(preempted.root / "sweep")
+    assert returned.return_value == pytest.approx(expected.data.metrics["best_eval_accuracy"], rel=1e-6)
+
+
+def test_a_sweeper_killed_and_run_again_does_not_duplicate_the_jobs_still_running(tmp_path):
+    sweeps = Sweeps(tmp_path)
+    overrides = ("hydra/launcher=submitit_local", "attention=softmax,tpr", *LONGER)
+    sweeper = sweeps.start("first", *overrides)
+    jobs: dict[Path, psutil.Process] = {}
+    deadline = time.time() + 600
+    while len(jobs) < 2:  # hold each job still once it trains, so that both surely run when the sweep is rerun
+        assert sweeper.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()[-5000:]
+        for folder in set((tmp_path / "checkpoints").glob("*")) - set(jobs):
+            try:
+                state = torch.load(folder / "last.pt", weights_only=True)
+                owner = json.loads((folder / "owner.json").read_text())  # the process that trains it
+            except Exception:  # noqa: BLE001 - not written yet
+                continue
+            if state["progress"]["batch_in_epoch"] > 0 and not state["progress"]["completed"]:
+                jobs[folder] = psutil.Process(owner["pid"])
+                jobs[folder].suspend()
+        time.sleep(0.05)
+    sweeper.send_signal(signal.SIGTERM)  # kill, scancel, a closed terminal: the sweeper only
+    assert sweeper.wait(120) == 128 + signal.SIGTERM
+    sweep_id, parent_id = sweep_ids((tmp_path / "first.log").read_text())
+    parent = sweeps.client.get_run(parent_id)
+    assert parent.info.status == "KILLED" and parent.data.tags["interrupted"] == "true"
+    assert all(job.is_running() for job in jobs.values())  # the jobs outlive their sweeper
+
+    again = sweeps.start("again", *overrides)
+    deadline = time.time() + 600
+    while not (tmp_path / "again" / ".submitit").exists() or \
+            sum("waiting for it to end" in text for text in job_logs(tmp_path / "again").values()) < 2:
+        assert again.poll() is None and time.time() < deadline, (tmp_path / "again.log").read_text()[-5000:]
+        time.sleep(0.5)
+    for job in jobs.values():
+        job.resume()
+    assert again.wait(900) == 0, (tmp_path / "again.log").read_text()[-5000:]
+
+    assert sweep_ids((tmp_path / "again.log").read_text()) == (sweep_id, parent_id)
+    runs = sweeps.jobs(sweep_id)
+    assert sorted(run.data.tags["attention"] for run in runs) == ["softmax", "tpr"]  # no duplicate run
+    assert all(run.info.status == "FINISHED" for run in runs)
+    logs = job_logs(tmp_path / "again")
+    assert all("already completed in this sweep" in text and "resuming" not in text for text in logs.values())
+    parent = sweeps.client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and "interrupted" not in parent.data.tags
+    assert parent.data.tags["jobs_finished"] == "2"
