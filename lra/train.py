@@ -30,6 +30,7 @@ from lra.batches import epoch_order, global_batch_size, iterate_batches, num_bat
 from lra.checkpoint import CheckpointStore, RunLockedError, run_key, set_rng_state
 from lra.config import check_against_data, resolve_precision, validate
 from lra.data import Split, load_splits, sequence_length
+from lra.devices import device_params
 from lra.distributed import Distributed, rank_zero_first, setup, teardown, wrap
 from lra.errors import ConfigError
 from lra.interrupt import Interrupted, StopSignals
@@ -38,6 +39,7 @@ from lra.run_state import PeakMemory, Progress, QuietTracker, Run  # noqa: F401 
 from lra.schedule import build_scheduler
 from lra.step import StepStats, autocast_context, evaluate_batches, train_step
 from lra.stores import check_tracking_store
+from lra.sweep import completed_metrics
 from lra.tracking import RunTracker, TrackingError, tracking_uri, ui_command
 
 log = logging.getLogger(__name__)
@@ -132,8 +134,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ctx = setup(cfg.hardware.device)  # one process, or this rank of torchrun's / srun's
     try:
         store = CheckpointStore(cfg.checkpoint.dir, run_key(cfg))
+        done = None
         if ctx.is_main:
             check_tracking_store(tracking_uri(cfg.tracking.uri))  # an unreachable store fails now, not later
+            done = completed_metrics(cfg, store)  # a grid sweep run again: this config already completed in it
+        done = ctx.broadcast(done)
+        if done is not None:
+            return done
+        if ctx.is_main:
             try:
                 store.acquire()
             except RunLockedError as error:
@@ -267,7 +275,8 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
                             "resolved.precision": precision, "resolved.torch_threads": torch.get_num_threads(),
                             "resolved.steps_per_epoch": steps_per_epoch, "resolved.total_steps": total_steps,
                             "resolved.num_parameters": count_parameters(model),
-                            "resolved.chunk_size": chunk_size, "resolved.world_size": ctx.world_size})
+                            "resolved.chunk_size": chunk_size, "resolved.world_size": ctx.world_size,
+                            **device_params()})
     return run
 
 
