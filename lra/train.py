@@ -25,10 +25,12 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from lra.artifacts import log_model_artifacts
 from lra.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
 from lra.checkpoint import CheckpointStore, RunLockedError, run_key, set_rng_state
-from lra.config import resolve_precision, validate
+from lra.config import check_against_data, resolve_precision, validate
 from lra.data import Split, load_splits, sequence_length
+from lra.devices import device_params
 from lra.distributed import Distributed, rank_zero_first, setup, teardown, wrap
 from lra.errors import ConfigError
 from lra.interrupt import Interrupted, StopSignals
@@ -37,6 +39,7 @@ from lra.run_state import PeakMemory, Progress, QuietTracker, Run  # noqa: F401 
 from lra.schedule import build_scheduler
 from lra.step import StepStats, autocast_context, evaluate_batches, train_step
 from lra.stores import check_tracking_store
+from lra.sweep import completed_metrics
 from lra.tracking import RunTracker, TrackingError, tracking_uri, ui_command
 
 log = logging.getLogger(__name__)
@@ -58,7 +61,7 @@ def build_model(cfg: DictConfig) -> LRAClassifier:
         tied_weights=m.tied_weights, attention=name, attention_options=options,
         attention_grad_checkpointing=bool(
             cfg.extra_attn_config.get(name, {}).get("attention_grad_checkpointing", False)),
-        dual_encoder=m.dual_encoder,
+        dual_encoder=m.dual_encoder, head_activation=m.head_activation, embedding_init_std=m.embedding_init_std,
     )
 
 
@@ -131,8 +134,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ctx = setup(cfg.hardware.device)  # one process, or this rank of torchrun's / srun's
     try:
         store = CheckpointStore(cfg.checkpoint.dir, run_key(cfg))
+        done = None
         if ctx.is_main:
             check_tracking_store(tracking_uri(cfg.tracking.uri))  # an unreachable store fails now, not later
+            done = completed_metrics(cfg, store)  # a grid sweep run again: this config already completed in it
+        done = ctx.broadcast(done)
+        if done is not None:
+            return done
+        if ctx.is_main:
             try:
                 store.acquire()
             except RunLockedError as error:
@@ -205,6 +214,7 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
     with rank_zero_first(ctx):  # rank 0 prepares a missing data cache; the others then read it
         splits = load_splits(cfg.data, cfg.dataset)
     _check_data(cfg, splits)
+    check_against_data(cfg, splits)  # vocab_size and num_classes cover the data, before any run exists
     torch.manual_seed(t.seed)
     model = build_model(cfg).to(device)
     autocast = autocast_context(device, precision)
@@ -265,7 +275,8 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
                             "resolved.precision": precision, "resolved.torch_threads": torch.get_num_threads(),
                             "resolved.steps_per_epoch": steps_per_epoch, "resolved.total_steps": total_steps,
                             "resolved.num_parameters": count_parameters(model),
-                            "resolved.chunk_size": chunk_size, "resolved.world_size": ctx.world_size})
+                            "resolved.chunk_size": chunk_size, "resolved.world_size": ctx.world_size,
+                            **device_params()})
     return run
 
 
@@ -337,7 +348,7 @@ def _end_epoch(run: Run) -> None:
         progress.best_epoch = progress.epoch
         run.save_best()
     progress.next_epoch()
-    objective = {"eval_accuracy": dev.accuracy, "eval_loss": dev.loss}.get(run.cfg.sweep.objective, dev.accuracy)
+    objective = dev.loss if run.cfg.sweep.objective == "eval_loss" else dev.accuracy  # (a list: never reported)
     prune = run.dist.broadcast(run.trial is not None and run.trial.report(progress.epoch, objective))
     if prune:
         import optuna
@@ -357,6 +368,9 @@ def _test(run: Run) -> dict[str, float]:
         "peak_memory_mb": run.peak_memory_mb(),
     }
     run.log(metrics)
+    if run.is_main:
+        log_model_artifacts(run.tracker, run.model, run.cfg, run.store.folder, chunk_size=run.chunk_size,
+                            test_accuracy=test.accuracy)
     # a sweep's objective: eval_* are the best-dev epoch's values (the weights that were tested)
     metrics.update(eval_accuracy=progress.best_eval_accuracy, eval_loss=progress.best_eval_loss)
     progress.completed = True

@@ -17,10 +17,57 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 import torch
 
 from lra.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our error form: one `error:` line (no usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        argument, _, problem = message.partition(": ")
+        key = argument.removeprefix("argument ").split("/")[0] if problem else self.prog
+        kind, _, value = problem.partition(": ")
+        if kind.startswith("invalid ") and value:  # "invalid int value: 'abc'"
+            key, problem = f"{key}={value}", kind
+        print(f"error: {key}: {problem or message}; fix: see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
+
+
+# (argument, attribute, lowest allowed value, what it is): checked after parsing, before anything is measured
+_LIMITS = (
+    ("--lengths", "lengths", 1, "sequence lengths"),
+    ("--batch", "batch", 1, "the batch size"),
+    ("--heads", "heads", 1, "the number of heads"),
+    ("--head-dim", "head_dim", 1, "the head dimension"),
+    ("--matmul-size", "matmul_size", 1, "the GEMM size"),
+    ("--threads", "threads", 1, "torch threads"),
+    ("--repeats", "repeats", 1, "timed rounds"),
+    ("--warmup", "warmup", 0, "untimed rounds"),
+    ("--memory-budget-mb", "memory_budget_mb", None, "the memory budget"),
+)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every numeric argument in range, as one ConfigError naming the argument, its value and the fix."""
+    for flag, name, low, what in _LIMITS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if low is None:
+                if not item > 0:
+                    raise ConfigError(flag, item, f"{what} must be positive", f"give {flag} > 0 (megabytes)")
+            elif item < low:
+                raise ConfigError(flag, item, f"{what} must be at least {low}", f"give {flag} >= {low}")
+    margin = getattr(args, "margin", None)
+    if margin is not None and not 0 < margin <= 1:
+        raise ConfigError("--margin", margin, "must lie in (0, 1]", "give --margin 0.8")
+    if getattr(args, "command", None) == "attention" and not args.lengths:
+        raise ConfigError("--lengths", args.lengths, "no lengths", "give at least one, e.g. --lengths 1024")
 
 
 def _common(p: argparse.ArgumentParser, repeats: int, warmup: int) -> None:
@@ -41,7 +88,7 @@ def _common(p: argparse.ArgumentParser, repeats: int, warmup: int) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m lra.bench", description=__doc__,
+    ap = _Parser(prog="python -m lra.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -221,6 +268,7 @@ def gpu(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        check_args(args)
         return {"attention": attention, "step": step, "budget": budget, "gpu": gpu}[args.command](args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
