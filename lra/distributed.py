@@ -114,7 +114,13 @@ def setup(device_setting: str, env: Mapping[str, str] = os.environ,
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if place.launcher == "slurm":
+        if place.launcher == "submitit":  # the first host of the job, a port drawn from the job id
+            from submitit.helpers import TorchDistributedEnvironment
+
+            rendezvous = TorchDistributedEnvironment()
+            os.environ.setdefault("MASTER_ADDR", rendezvous.master_addr)
+            os.environ.setdefault("MASTER_PORT", str(rendezvous.master_port))
+        if place.launcher in ("slurm", "submitit"):
             os.environ.setdefault("RANK", str(place.rank))
             os.environ.setdefault("WORLD_SIZE", str(place.world_size))
             os.environ.setdefault("LOCAL_RANK", str(place.local_rank))

@@ -3,9 +3,10 @@ import, so `launch.py` can ask before Hydra starts).
 
 - torchrun (`torchrun --standalone --nproc_per_node=N launch.py ...`, or multi-node): `RANK`, `WORLD_SIZE`,
   `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`;
-- srun under SLURM: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, used only when `MASTER_ADDR` and
-  `MASTER_PORT` are set too (an sbatch script exports them) and there is more than one task, so that an
-  ordinary one-task SLURM job (a sweep job of the submitit launcher) stays one process.
+- srun under SLURM: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, used only when there is more than one
+  task and either `MASTER_ADDR` and `MASTER_PORT` are set (an sbatch script exports them) or the job is
+  submitit's (`SUBMITIT_EXECUTOR=slurm`: the SLURM launcher with `tasks_per_node` > 1; `lra.distributed`
+  then takes the address from submitit), so that an ordinary one-task SLURM job stays one process.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Place:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    launcher: str = "none"  # torchrun, slurm or none
+    launcher: str = "none"  # torchrun, slurm (srun), submitit (its SLURM executor) or none
 
 
 def _int(env: Mapping[str, str], key: str) -> int:
@@ -44,11 +45,13 @@ def place_from_env(env: Mapping[str, str] = os.environ) -> Optional[Place]:
     if "RANK" in env and "WORLD_SIZE" in env:
         return Place(_int(env, "RANK"), _int(env, "WORLD_SIZE"),
                      _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0, "torchrun")
-    if "SLURM_PROCID" in env and "MASTER_ADDR" in env and "MASTER_PORT" in env:
+    if "SLURM_PROCID" in env:
         ntasks = _int(env, "SLURM_NTASKS") if "SLURM_NTASKS" in env else 1
-        if ntasks > 1:
+        rendezvous = "MASTER_ADDR" in env and "MASTER_PORT" in env
+        if ntasks > 1 and (rendezvous or env.get("SUBMITIT_EXECUTOR") == "slurm"):
             return Place(_int(env, "SLURM_PROCID"), ntasks,
-                         _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0, "slurm")
+                         _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0,
+                         "slurm" if rendezvous else "submitit")
     return None
 
 

@@ -58,6 +58,8 @@ def test_place_from_torchrun_and_slurm_environments():
     assert place_from_env(slurm) is None  # an sbatch job without a rendezvous address: one process
     assert place_from_env({**slurm, "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}) == Place(3, 4, 1, "slurm")
     assert place_from_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "MASTER_ADDR": "n", "MASTER_PORT": "1"}) is None
+    assert place_from_env({**slurm, "SUBMITIT_EXECUTOR": "slurm"}) == Place(3, 4, 1, "submitit")
+    assert place_from_env({**slurm, "SUBMITIT_EXECUTOR": "local"}) is None
 
 
 def test_ranks_other_than_zero_get_a_throw_away_hydra_folder():
