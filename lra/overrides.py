@@ -374,8 +374,10 @@ def check_command_line(argv: Sequence[str], *, calling_file: str, config_path: O
                        config_name: Optional[str] = "config", validate: bool = True) -> None:
     """Raise ConfigError for the first problem of this `launch.py` command line; return if it can run."""
     line = parse_command_line(argv, config_name)
-    if line.args.help or line.args.hydra_help or line.args.info is not None or line.args.shell_completion:
-        return
+    args = line.args
+    if (args.help or args.hydra_help or args.info is not None or args.shell_completion
+            or getattr(args, "experimental_rerun", None) is not None):
+        return  # nothing is trained, or the config comes from a pickle Hydra reruns
     composer = Composer(calling_file, config_path, line.args)
     try:
         if not line.trains:  # --cfg: the overrides must compose, the values need not be valid
