@@ -269,6 +269,7 @@ def compose_checked(composer: Composer, config_name: Optional[str], overrides: S
         except Exception as error:
             if suspects is None or text in suspects:
                 raise explain(composer, config_name, applied, text, error) from None
+            continue  # not to blame here (checked on its own elsewhere): leave it out
         applied.append(text)
     culprit = suspects[-1] if suspects else overrides[-1]  # only the whole set fails: blame the last
     raise explain(composer, config_name, [o for o in overrides if o != culprit], culprit, first_error) from None

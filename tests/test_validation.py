@@ -133,6 +133,8 @@ def test_sweep_values_are_enumerated_like_the_basic_sweeper(tmp_path: Path) -> N
     (["~model.nope"], ["~model.nope", "no such key to delete"]),
     (["-m", "hydra.job.chdir=true,false"], ["hydra.job.chdir=true,false", "cannot be swept"]),
     (["-cn", "nope"], ["--config-name='nope'"]),
+    (["training.seed=${oc.env:LRA_TEST_NEVER_SET}"], ["training.seed='${oc.env:LRA_TEST_NEVER_SET}'",
+                                                      "cannot be resolved", "LRA_TEST_NEVER_SET"]),
 ])
 def test_nearest_names_in_process(argv: list[str], words: list[str]) -> None:
     from lra.overrides import check_command_line
