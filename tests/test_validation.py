@@ -223,6 +223,16 @@ def test_read_only_folder_is_refused(tmp_path: Path, key: str) -> None:
         locked.chmod(0o700)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_folder_no_one_can_write_is_refused_even_for_root() -> None:
+    """/proc takes no new files, whoever asks (root passes os.access there; the probe file tells)."""
+    from lra.preflight import check_writable
+
+    with pytest.raises(ConfigError, match=r"checkpoint\.dir='/proc/lra-x/y': cannot write in /proc, the nearest "
+                                          r"existing folder above it"):
+        check_writable("checkpoint.dir", "/proc/lra-x/y", "why")
+
+
 def test_write_probe_creates_nothing(tmp_path: Path) -> None:
     from lra.preflight import check_writable
 
