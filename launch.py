@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lra.errors import ConfigError
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Train one model; return the metric a sweeper optimises (sweep.objective)."""
     from lra.config import validate
 
@@ -27,7 +27,8 @@ def main(cfg: DictConfig) -> float:
         _remove_unused_run_dir()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    return metrics[cfg.sweep.objective]
+    objective = cfg.sweep.objective  # a list: a multi-objective Optuna sweep, one value per objective
+    return tuple(metrics[name] for name in objective) if OmegaConf.is_list(objective) else metrics[objective]
 
 
 def _is_multirun() -> bool:

@@ -21,6 +21,7 @@ from lra.errors import ConfigError
 from lra.preflight import check_against_data, check_machine  # noqa: F401 (check_against_data: for lra.train)
 
 SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
+OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What train() returns, so what a sweep may optimise: eval_* are the values of the best-dev epoch.
@@ -50,6 +51,8 @@ class ModelSchema:
     pooling_mode: str = "MEAN"
     num_classes: int = 2
     dual_encoder: bool = False
+    head_activation: str = "relu"  # lra.model.HEAD_ACTIVATIONS
+    embedding_init_std: Optional[float] = 0.02
 
 
 @dataclass
@@ -71,6 +74,7 @@ class TrainingSchema:
     log_every: int = 10
     checkpoint_every: int = 100
     debug_nan_at_step: Optional[int] = None
+    optimizer: str = "adamw"
 
 
 @dataclass
@@ -100,10 +104,18 @@ class CheckpointSchema:
 class SweepSchema:
     id: Optional[str] = None
     parent_run_id: Optional[str] = None
-    objective: str = "eval_accuracy"
+    objective: Any = "eval_accuracy"  # a metric name, or a list of them (a multi-objective Optuna sweep)
     storage: Optional[str] = None
     study_name: Optional[str] = None
     trial_number: Optional[int] = None
+
+
+@dataclass
+class PublishedSchema:  # the experiment group's published figure (lra/published.py)
+    test_accuracy: Optional[float] = None
+    source: Optional[str] = None
+    verified: bool = False
+    experiment: Optional[str] = None
 
 
 @dataclass
@@ -120,6 +132,7 @@ class Schema:
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     sweep: SweepSchema = field(default_factory=SweepSchema)
+    published: PublishedSchema = field(default_factory=PublishedSchema)
 
 
 @functools.lru_cache(maxsize=1)
@@ -205,7 +218,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config; return it merged into the schema (typed, read-only) or raise ConfigError."""
     from lra.attention import attention_options
     from lra.data import check_data_config, check_source_used, sequence_length
-    from lra.model import POOLING_MODES
+    from lra.model import HEAD_ACTIVATIONS, POOLING_MODES
 
     try:
         plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -234,6 +247,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not 0.0 <= model[key] < 1.0:
             raise ConfigError(f"model.{key}", model[key], "must lie in [0, 1)", f"set model.{key}=0.1")
     _choice("model.pooling_mode", model.pooling_mode, POOLING_MODES)
+    _choice("model.head_activation", model.head_activation, tuple(HEAD_ACTIVATIONS))
+    if model.embedding_init_std is not None and not model.embedding_init_std > 0:
+        raise ConfigError("model.embedding_init_std", model.embedding_init_std, "must be positive or null",
+                          "set model.embedding_init_std=0.02 (null: PyTorch's N(0, 1))")
 
     _at_least("training.batch_size", training.batch_size, 1)
     _at_least("training.num_epochs", training.num_epochs, 1)
@@ -252,6 +269,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError("training.label_smoothing", training.label_smoothing, "must lie in [0, 1)",
                           "set training.label_smoothing=0.1")
     _choice("training.lr_scheduler", training.lr_scheduler, SCHEDULERS)
+    _choice("training.optimizer", training.optimizer, OPTIMIZERS)
     if not 0.0 < training.learning_rate_decay <= 1.0:
         raise ConfigError("training.learning_rate_decay", training.learning_rate_decay, "must lie in (0, 1]",
                           "set training.learning_rate_decay=0.9")
@@ -289,7 +307,9 @@ def validate(cfg: DictConfig) -> DictConfig:
                           "fp16 autocast is not supported on the CPU",
                           "use training.mixed_precision=bf16 (or false) on a CPU")
 
-    _choice("sweep.objective", typed.sweep.objective, OBJECTIVES)
+    objectives = typed.sweep.objective
+    for objective in (list(objectives) if OmegaConf.is_list(objectives) else [objectives]):
+        _choice("sweep.objective", objective, OBJECTIVES)
 
     check_data_config(typed.data)
     check_source_used(typed.data)
