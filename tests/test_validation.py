@@ -332,7 +332,8 @@ def test_every_documented_key_is_in_every_profile() -> None:
     documented = set(readme_keys()) | set(leaves(OmegaConf.structured(Schema)))
     combos = ([[f"hardware={h}"] for h in _profiles("hardware")] + [[f"task={t}"] for t in _profiles("task")]
               + [[f"attention={a}"] for a in _profiles("attention")]
-              + [[f"scheduler={s}"] for s in _profiles("scheduler")])
+              + [[f"scheduler={s}"] for s in _profiles("scheduler")]
+              + [[f"experiment={e}"] for e in _profiles("experiment")])
     missing = {}
     for combo in combos:
         cfg = compose_config([*combo, "hydra/job_logging=none", "hydra/hydra_logging=none"])
@@ -364,17 +365,26 @@ def _source_ignoring_tasks() -> list[str]:
 
 
 def test_every_task_that_reads_no_source_refuses_one(tmp_path: Path, capsys) -> None:
+    from lra.data import LOADERS, reads_source
     from lra.data.__main__ import main
+    from lra.data.tasks import task_presets
 
+    presets = task_presets()
     expected = {"listops": "listops-release", "listops-small": "listops-release", "listops-medium": "listops-release",
-                "pathfinder-small": "pathfinder32", "pathfinder32-generated": "pathfinder32", "image-small": "image"}
-    assert _source_ignoring_tasks() == sorted(expected)
-    for task, reader in expected.items():
+                "pathfinder32-generated": "pathfinder32", "image-small": "image"}
+    tasks = _source_ignoring_tasks()
+    assert set(expected) <= set(tasks)
+    for task in tasks:
         assert main(["prepare", task, "--source", str(tmp_path / "x"), "--root", str(tmp_path / "data")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --source=") and "would be ignored" in err, err
-        assert f"python -m lra.data prepare {reader} --source" in err, err
         assert len(err.splitlines()) == 1
+        named = re.findall(r"python -m lra\.data prepare (\S+) --source", err)
+        assert named and all(reads_source(LOADERS[presets[t]["data"]["loader"]]) for t in named), err
+        if task in expected:
+            assert named == [expected[task]], err
+        if task.endswith("-generated") and task.removesuffix("-generated") in presets:
+            assert named == [task.removesuffix("-generated")], err  # the same resolution
     assert not (tmp_path / "data").exists()
 
 
