@@ -37,6 +37,19 @@ def assert_nothing_made(tmp: Path) -> None:
         assert name not in made, (name, made)
 
 
+def assert_no_run(tmp: Path) -> None:
+    """After the data was read: no output folder and no MLflow run (the store itself may exist: it is checked,
+    and so made, before the data is read)."""
+    made = sorted(p.name for p in tmp.iterdir())
+    assert "outputs" not in made and "multirun" not in made, made
+    if (tmp / "mlflow.db").exists():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        assert not experiments or client.search_runs(experiments) == []
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Hydra's own errors, as ours
 
@@ -169,7 +182,7 @@ def test_model_smaller_than_the_data_is_refused_before_any_run(tmp_path: Path, o
     line = error_line(launch(tmp_path, *TINY, override))
     for word in words:
         assert word in line, (word, line)
-    assert_nothing_made(tmp_path)  # the run folder Hydra made was removed; no MLflow store
+    assert_no_run(tmp_path)  # the run folder Hydra made was removed; no MLflow run
     assert (tmp_path / "data").exists()  # the data was read (that is how the problem was found)
 
 
