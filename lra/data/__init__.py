@@ -225,7 +225,11 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
                           f"get the release files (layout: {loader.layout}); then run "
                           f"`{prepare_command(loader.name, params, common.root)}`, or set data.source=PATH")
     what = "generating" if isinstance(loader, GeneratedLoader) else "preparing"
-    log.info("%s %s data into %s (%s)", what, loader.name, folder, opened)
+    if not stale and (folder / MANIFEST).is_file():  # there, but damaged: worth a warning (printed without config)
+        log.warning("%s not used: %s; %s it again", folder, opened,
+                    "generating" if what == "generating" else "preparing")
+    else:
+        log.info("%s %s data into %s (%s)", what, loader.name, folder, opened)
     started = time.time()
     builder = Builder(folder)
     try:
