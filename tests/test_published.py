@@ -39,7 +39,7 @@ def store(tmp_path_factory) -> tuple[str, MlflowClient]:
 
 
 def test_published_beside_measured_with_the_difference(store) -> None:
-    uri, client = store
+    _, client = store
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     rows = {row["experiment"]: row for row in published_table(runs)}
     assert set(rows) == {"lra-transformer-text", "hrrformer-text", "lra-transformer-pathx"}
