@@ -192,7 +192,10 @@ def make_report(client: Any, *, experiments: Sequence[str] = (), sweep_id: Optio
     rows = build_rows(runs)
     out.mkdir(parents=True, exist_ok=True)
     markdown, table, picture = out / "comparison.md", out / "comparison.csv", out / "comparison.png"
-    markdown.write_text(to_markdown(rows))
+    from lra.published import published_table, to_markdown as published_markdown
+
+    published = published_table(runs)  # experiments' paper figures beside ours (lra/published.py)
+    markdown.write_text(to_markdown(rows) + ("\n" + published_markdown(published) if published else ""))
     write_csv(rows, table)
     files = [markdown, table]
     if rows:
@@ -233,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not rows:
         print("no FINISHED runs with a test_accuracy match the selection", file=sys.stderr)
         return 1
-    print(to_markdown(rows))
+    print(files[0].read_text())
     print("".join(path.read_text() for path in files if path.name == "pareto.md"), end="")
     print("wrote " + ", ".join(str(path) for path in files))
     return 0
