@@ -192,12 +192,18 @@ def make_report(client: Any, *, experiments: Sequence[str] = (), sweep_id: Optio
     rows = build_rows(runs)
     out.mkdir(parents=True, exist_ok=True)
     markdown, table, picture = out / "comparison.md", out / "comparison.csv", out / "comparison.png"
-    markdown.write_text(to_markdown(rows))
+    from lra.published import published_table, to_markdown as published_markdown
+
+    published = published_table(runs)  # experiments' paper figures beside ours (lra/published.py)
+    markdown.write_text(to_markdown(rows) + ("\n" + published_markdown(published) if published else ""))
     write_csv(rows, table)
     files = [markdown, table]
     if rows:
         draw(rows, picture)
         files.append(picture)
+    from lra.pareto import report_front  # a multi-objective sweep's front: pareto.md, pareto.png (lra/pareto.py)
+
+    files += report_front(runs, out)
     if log_to_parent and rows:
         for run_id in parent_runs(client, runs, sweep_id):
             for path in files:
@@ -230,7 +236,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not rows:
         print("no FINISHED runs with a test_accuracy match the selection", file=sys.stderr)
         return 1
-    print(to_markdown(rows))
+    print(files[0].read_text())
+    print("".join(path.read_text() for path in files if path.name == "pareto.md"), end="")
     print("wrote " + ", ".join(str(path) for path in files))
     return 0
 

@@ -96,8 +96,7 @@ def check_tracking_store(uri: str, key: str = "tracking.uri", timeout: float = C
     def open_store() -> None:
         from mlflow.tracking import MlflowClient
 
-        with creation_lock(uri):
-            MlflowClient(uri).search_experiments(max_results=1)
+        MlflowClient(uri).search_experiments(max_results=1)
 
     if uri.startswith(("http://", "https://")):
         fix = "start the server (python -m lra.ui starts one on the local store) or set tracking.uri / " \
@@ -105,7 +104,8 @@ def check_tracking_store(uri: str, key: str = "tracking.uri", timeout: float = C
     else:
         fix = "check the URI, the database server and its credentials, or use the local default (unset " \
               "MLFLOW_TRACKING_URI and tracking.uri)"
-    finished, error = _within(timeout, open_store)
+    with creation_lock(uri):  # waits while another process creates the schema (minutes on a busy machine)
+        finished, error = _within(timeout, open_store)
     if not finished:
         raise ConfigError(key, redact(uri), f"the MLflow store did not answer within {timeout:.0f} s", fix)
     if error is not None:

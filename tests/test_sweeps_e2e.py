@@ -164,7 +164,7 @@ def test_optuna_sweep_prunes_trials_from_inside_the_job(store):
 def test_unknown_objective_stops_the_sweep_before_any_trial(store):
     result = store.launch("bad-objective", "hydra.sweeper.study_name=bad-objective", "sweep.objective=accuracy",
                           config="tiny_search")
-    assert result.returncode == 1 and "sweep.objective='accuracy'" in result.stderr, _explain(result)
+    assert result.returncode == 2 and "error: sweep.objective='accuracy'" in result.stderr, _explain(result)
     assert "bad-objective" not in optuna.get_all_study_names(store.optuna_url)
     assert store.runs("bad-objective") == []
 
