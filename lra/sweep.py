@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -162,8 +163,16 @@ def interrupt_on_sigterm() -> Any:
 
 
 def stopped_by_signal() -> Optional[int]:
-    """The SIGINT/SIGTERM that stopped this sweep process, if one did."""
-    return _stop_signal
+    """The SIGINT/SIGTERM that stopped this sweep process, if one did: recorded by `interrupt_on_sigterm`'s
+    handler, or (at exit) read from an uncaught KeyboardInterrupt, which a sweeper's own handler may raise
+    (`KeyboardInterrupt("signal 15")`)."""
+    if _stop_signal is not None:
+        return _stop_signal
+    uncaught = getattr(sys, "last_value", None)  # set before atexit hooks run
+    if isinstance(uncaught, KeyboardInterrupt):
+        found = re.search(r"signal (\d+)", str(uncaught))
+        return int(found.group(1)) if found else int(signal.SIGINT)
+    return None
 
 
 def trained_elsewhere(folder: Path) -> Optional[str]:
