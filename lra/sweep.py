@@ -316,7 +316,8 @@ class SweepRunCallback(Callback):
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default=".")))
         if self.owned and (sweep_dir / "multirun.yaml").is_file():
             try:
-                self.client.log_artifact(self.run_id, str(sweep_dir / "multirun.yaml"))
+                self.client.log_text(self.run_id, redact((sweep_dir / "multirun.yaml").read_text()),
+                                     "multirun.yaml")
             except Exception as error:  # noqa: BLE001 - an artifact store problem must not fail the sweep
                 log.warning("could not log multirun.yaml to the parent run: %s", error)
         self._finish("FINISHED")

@@ -123,8 +123,9 @@ def test_two_optuna_workers_started_at_once_share_one_study_on_postgresql(tmp_pa
         os.environ.pop("PGPASSWORD")
     states = Counter(trial.state for trial in trials)
     by_worker = {name: {int(n) for n in re.findall(r"trial (\d+) COMPLETE", text)} for name, text in logs.items()}
-    print(f"two workers on one PostgreSQL study: {len(trials)} trials, states { {state.name: count for state, count in states.items()} }, "
-          f"COMPLETE by worker: { {name: sorted(numbers) for name, numbers in by_worker.items()} }")
+    named = {state.name: count for state, count in states.items()}
+    print(f"two workers on one PostgreSQL study: {len(trials)} trials, states {named}, COMPLETE by worker: "
+          f"{ {name: sorted(numbers) for name, numbers in by_worker.items()} }")
     assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0  # none left RUNNING
     assert states[TrialState.COMPLETE] == 6  # n_trials, all trained (no pruner, nothing diverges)
     for trial in trials:  # a FAIL may only be an ask that the other worker pushed past n_trials, never a job
