@@ -109,7 +109,9 @@ def test_an_interrupted_sweep_ends_its_running_job_and_its_parent_run_killed(tmp
         cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     _wait_for_mid_epoch_checkpoint(tmp_path, process)
     process.send_signal(signum)
-    assert process.wait(120) == 128 + signum, log.read_text()[-3000:]
+    code = process.wait(120)
+    # lra_optuna turns SIGTERM into KeyboardInterrupt, which train() reports as SIGINT (exit 130)
+    assert code == 128 + signum or (sweeper == "optuna" and code == 130), log.read_text()[-3000:]
     output = log.read_text()
     assert "Traceback" not in output, output[-3000:]
     sweep_id, parent_id = re.findall(r"sweep (\S+): parent MLflow run (\w+)", output)[-1]
