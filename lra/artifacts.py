@@ -9,8 +9,9 @@ and logs that folder to the run as the artifact directory `model/`. `lra.evaluat
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf

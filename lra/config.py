@@ -220,7 +220,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     from lra.data import check_data_config, check_source_used, sequence_length
     from lra.model import HEAD_ACTIVATIONS, POOLING_MODES
 
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as error:  # an interpolation that cannot be resolved (${oc.env:NOPE}, ${a.b})
+        key = str(getattr(error, "full_key", "") or "?")
+        raw: Any = OmegaConf.to_container(cfg, resolve=False)
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        raise ConfigError(key, raw, f"cannot be resolved ({str(error).splitlines()[0]})",
+                          "give a plain value, or set what the interpolation reads (e.g. the environment "
+                          "variable)") from None
     _check_groups(plain, _schema())
     try:
         typed = OmegaConf.merge(_schema(), plain)

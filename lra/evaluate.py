@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from lra.errors import ConfigError
 
@@ -87,7 +88,7 @@ def apply_overrides(cfg, overrides: Sequence[str]):
     return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lra.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="an MLflow run id, or a folder with config.yaml and weights.safetensors "
                                     "(a run's checkpoints/<key>/ or its downloaded model/ artifacts)")

@@ -269,6 +269,7 @@ def compose_checked(composer: Composer, config_name: Optional[str], overrides: S
         except Exception as error:
             if suspects is None or text in suspects:
                 raise explain(composer, config_name, applied, text, error) from None
+            continue  # not to blame here (checked on its own elsewhere): leave it out
         applied.append(text)
     culprit = suspects[-1] if suspects else overrides[-1]  # only the whole set fails: blame the last
     raise explain(composer, config_name, [o for o in overrides if o != culprit], culprit, first_error) from None
@@ -374,8 +375,10 @@ def check_command_line(argv: Sequence[str], *, calling_file: str, config_path: O
                        config_name: Optional[str] = "config", validate: bool = True) -> None:
     """Raise ConfigError for the first problem of this `launch.py` command line; return if it can run."""
     line = parse_command_line(argv, config_name)
-    if line.args.help or line.args.hydra_help or line.args.info is not None or line.args.shell_completion:
-        return
+    args = line.args
+    if (args.help or args.hydra_help or args.info is not None or args.shell_completion
+            or getattr(args, "experimental_rerun", None) is not None):
+        return  # nothing is trained, or the config comes from a pickle Hydra reruns
     composer = Composer(calling_file, config_path, line.args)
     try:
         if not line.trains:  # --cfg: the overrides must compose, the values need not be valid

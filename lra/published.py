@@ -10,12 +10,13 @@ over the runs, the published figure and the difference (measured - published, in
 from __future__ import annotations
 
 import statistics
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 COLUMNS = ("experiment", "task", "attention", "runs", "measured", "published", "difference", "verified", "source")
 
 
-def _number(text: Optional[str]) -> Optional[float]:
+def _number(text: str | None) -> float | None:
     if text in (None, "", "None", "null"):
         return None
     try:
@@ -49,8 +50,9 @@ def published_table(runs: Iterable[Any]) -> list[dict[str, Any]]:
 
 def to_markdown(rows: Iterable[dict[str, Any]]) -> str:
     """The published-beside-measured table (accuracies in percent; difference in points)."""
-    lines = ["| experiment | task | attention | runs | measured test accuracy (%) | published (%) | difference "
-             "(points) | source |", "|---|---|---|---:|---:|---:|---:|---|"]
+    header = ("| experiment | task | attention | runs | measured test accuracy (%) | published (%) | difference "
+              "(points) | source |")
+    lines = [header, "|---|---|---|---:|---:|---:|---:|---|"]
     for row in rows:
         published = "–" if row["published"] is None else f"{row['published']:.2f}"
         difference = "–" if row["difference"] is None else f"{row['difference']:+.2f}"

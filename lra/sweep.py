@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
@@ -33,7 +34,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lra.errors import ConfigError
-from lra.stores import check_tracking_store, redact
+from lra.stores import LOCK_TIMEOUT_S, check_tracking_store, redact, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +162,36 @@ def interrupt_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, _interrupt)
 
 
+def record_stop_signals() -> None:
+    """Wrap the Python handlers now installed for SIGINT and SIGTERM (a sweeper's own, which raise
+    KeyboardInterrupt) so that the signal is recorded for the parent run before they run."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(signum)
+        if not callable(current) or current is _interrupt or getattr(current, "lra_records", False):
+            continue
+
+        def recording(number: int, frame: Any, handler: Any = current) -> Any:
+            global _stop_signal
+            _stop_signal = int(number)
+            return handler(number, frame)
+
+        recording.lra_records = True  # type: ignore[attr-defined]
+        signal.signal(signum, recording)
+
+
 def stopped_by_signal() -> Optional[int]:
-    """The SIGINT/SIGTERM that stopped this sweep process, if one did."""
-    return _stop_signal
+    """The SIGINT/SIGTERM that stopped this sweep process, if one did: recorded by `interrupt_on_sigterm`'s
+    handler, or (at exit) read from an uncaught KeyboardInterrupt, which a sweeper's own handler may raise
+    (`KeyboardInterrupt("signal 15")`)."""
+    if _stop_signal is not None:
+        return _stop_signal
+    uncaught = getattr(sys, "last_value", None)  # set before atexit hooks run
+    if isinstance(uncaught, KeyboardInterrupt):
+        found = re.search(r"signal (\d+)", str(uncaught))
+        return int(found.group(1)) if found else int(signal.SIGINT)
+    return None
 
 
 def trained_elsewhere(folder: Path) -> Optional[str]:
@@ -253,14 +281,16 @@ class SweepRunCallback(Callback):
         self.sweep_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
         self.owned = False  # False when the parent was handed in through $LRA_SWEEP_PARENT_RUN_ID
+        self.pid: Optional[int] = None  # the sweeper's process
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.sweep_id = sweep_id_of(config)
+        self.sweep_id, self.pid = sweep_id_of(config), os.getpid()
         uri = tracking_uri_of(config)
-        try:  # the store's schema is made here, once, before any job can race to make it
-            check_tracking_store(uri)
+        try:  # the store's schema is made here, once, before any job can race to make it; a local sqlite file
+            # may wait for another sweep's migration under the creation lock, a server must answer at once
+            check_tracking_store(uri, **({"timeout": LOCK_TIMEOUT_S} if sqlite_path(uri) else {}))
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -302,11 +332,16 @@ class SweepRunCallback(Callback):
         log.info("sweep %s: continuing its parent run %s (was %s)", self.sweep_id, parent.info.run_id,
                  parent.info.status)
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.pid == os.getpid():  # a job in the sweeper's process: the sweeper's handlers are in place now
+            record_stop_signals()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default=".")))
         if self.owned and (sweep_dir / "multirun.yaml").is_file():
             try:
-                self.client.log_artifact(self.run_id, str(sweep_dir / "multirun.yaml"))
+                self.client.log_text(self.run_id, redact((sweep_dir / "multirun.yaml").read_text()),
+                                     "multirun.yaml")
             except Exception as error:  # noqa: BLE001 - an artifact store problem must not fail the sweep
                 log.warning("could not log multirun.yaml to the parent run: %s", error)
         self._finish("FINISHED")

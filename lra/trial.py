@@ -90,32 +90,16 @@ def open_trial(sweep: Mapping[str, Any]) -> TrialReporter | None:
     return TrialReporter(optuna.trial.Trial(study, trial_id), objectives=len(study.directions))
 
 
-def _last(client: Any, run_id: str, metric: str) -> Optional[float]:
-    history = client.get_metric_history(run_id, metric)
-    if not history:
-        return None
-    return float(max(history, key=lambda m: (m.step, m.timestamp)).value)
-
-
 def run_values(client: Any, run: Any, objectives: Sequence[str]) -> Optional[list[float]]:
     """What `lra.train.train` returned for `objectives`, read from its FINISHED run (None if one is missing):
-    eval_* are the best-dev epoch's values, the others the final ones."""
-    run_id = run.info.run_id
-    values: list[float] = []
-    for name in objectives:
-        if name == "eval_accuracy":
-            value = _last(client, run_id, "best_eval_accuracy")
-        elif name == "eval_loss":  # the loss of the first epoch with the best dev accuracy, as train() keeps it
-            accuracy = client.get_metric_history(run_id, "eval_accuracy")
-            losses = {m.step: m.value for m in client.get_metric_history(run_id, "eval_loss")}
-            best = max(accuracy, key=lambda m: (m.value, -m.step), default=None)
-            value = losses.get(best.step) if best is not None else None
-        else:
-            value = _last(client, run_id, name)
-        if value is None or not math.isfinite(value):
-            return None
-        values.append(float(value))
-    return values
+    eval_* are the best-dev epoch's values, the others the final ones (`lra.sweep.run_metrics`)."""
+    from lra.sweep import run_metrics
+
+    metrics = run_metrics(client, run)
+    values = [metrics.get(name) for name in objectives]
+    if any(value is None or not math.isfinite(value) for value in values):
+        return None
+    return [float(value) for value in values]
 
 
 def finished_values(tracking_uri: str, experiment: str, study_name: str, number: int,

@@ -1,16 +1,31 @@
-"""The cluster parts in-process and fast: device slots, the launcher presets as Hydra composes them, and the
-grid sweep id. The real launchers, processes and servers are in test_cluster_submitit.py and
+"""The cluster parts in-process and fast: device slots, the launcher presets as Hydra composes them, the grid
+sweep id; and (slow) a sweep interrupted by a signal ends its job and its parent run KILLED. The real launchers, processes and servers are in test_cluster_submitit.py and
 test_cluster_postgres.py (marked long)."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 
 from lra.compose import CONF_DIR
 from lra.devices import device_slots
 from lra.errors import ConfigError
-from lra.sweep import BASIC_SWEEPER, grid_sweep_id, sweep_id_of
+from lra.sweep import BASIC_SWEEPER, child_runs, grid_sweep_id, sweep_id_of
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ("task=listops-small", "dataset.dev=16", "dataset.test=16", "model.embedding_dim=16",
+        "model.transformer_hidden_dim=32", "model.num_head=2", "model.head_dim=8", "model.num_layers=1",
+        "training.batch_size=16", "training.num_epochs=2", "tracking.system_metrics=false", "hardware.num_threads=1")
 
 
 def test_one_slot_per_gpu_or_group_and_cpu_slots_without_a_gpu():
@@ -60,3 +75,49 @@ def test_a_grid_sweep_id_is_the_same_for_the_same_command_only():
     assert grid_sweep_id(base) != grid_sweep_id(other)
     assert grid_sweep_id(base).startswith("grid-")
     assert sweep_id_of(_hydra(["attention=tpr", "sweep.id=mine"])) == "mine"
+
+
+def _wait_for_mid_epoch_checkpoint(root: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for path in (root / "checkpoints").glob("*/last.pt"):
+            try:
+                if torch.load(path, weights_only=True)["progress"]["batch_in_epoch"] > 0:
+                    return
+            except Exception:  # noqa: BLE001 - only a complete file counts
+                continue
+        assert process.poll() is None, "the sweep ended before a job was training"
+        time.sleep(0.05)
+    raise AssertionError("no mid-epoch checkpoint appeared")
+
+
+SWEEPS = {"grid": ("-m", "attention=softmax,tpr"),
+          "optuna": ("-cd", str(REPO / "sweeps"), "-cn", "tiny_search", "hydra.sweeper.n_trials=2",
+                     "hydra/sweeper/pruner=nop")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweeper, signum", [("grid", signal.SIGINT), ("optuna", signal.SIGTERM)])
+def test_an_interrupted_sweep_ends_its_running_job_and_its_parent_run_killed(tmp_path, sweeper, signum):
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LRA_SWEEP")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", OMP_NUM_THREADS="1")
+    log = tmp_path / "sweep.log"
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "launch.py"), *SWEEPS[sweeper], *TINY, "dataset.train=640",
+         "training.checkpoint_every=3", f"data.root={tmp_path / 'data'}", f"checkpoint.dir={tmp_path / 'checkpoints'}",
+         f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        cwd=tmp_path, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    _wait_for_mid_epoch_checkpoint(tmp_path, process)
+    process.send_signal(signum)
+    code = process.wait(120)
+    # lra_optuna turns SIGTERM into KeyboardInterrupt, which train() reports as SIGINT (exit 130)
+    assert code == 128 + signum or (sweeper == "optuna" and code == 130), log.read_text()[-3000:]
+    output = log.read_text()
+    assert "Traceback" not in output, output[-3000:]
+    sweep_id, parent_id = re.findall(r"sweep (\S+): parent MLflow run (\w+)", output)[-1]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (job,) = child_runs(client, [client.get_experiment_by_name("listops-small").experiment_id], sweep_id)
+    assert job.info.status == "KILLED" and job.data.tags["interrupted"] == "true"
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "KILLED" and parent.data.tags["interrupted"] == "true"
+    assert parent.data.tags["interrupt_signal"] == signal.Signals(signum).name

@@ -216,8 +216,9 @@ def test_a_preempted_job_is_requeued_and_resumes_into_its_run_with_the_metrics_o
     (run,) = preempted.jobs(sweep_ids((preempted.root / "sweep.log").read_text())[0])
     assert run.info.run_id == state["run_id"]  # the requeued job continued the run it had started
     assert run.info.status == "FINISHED" and run.data.tags["interrupted"] == "true"
-    print(f"preempted at step {state['progress']['global_step']} or just after; requeued and resumed into run "
-          f"{run.info.run_id}: " + ", ".join(f"{key} {run.data.metrics[key]:.6f} (uninterrupted "
+    resumed_at = re.search(r"resuming from \S+ at epoch (\d+), batch (\d+)", log)
+    print(f"SIGUSR2 after the checkpoint of step {state['progress']['global_step']}; requeued, resumed at epoch "
+          f"{resumed_at.group(1)} batch {resumed_at.group(2)} into run {run.info.run_id}: " + ", ".join(f"{key} {run.data.metrics[key]:.6f} (uninterrupted "
                                              f"{expected.data.metrics[key]:.6f})"
                                              for key in ("test_accuracy", "test_loss", "best_eval_accuracy")))
     for key in ("test_accuracy", "test_loss", "best_eval_accuracy"):

@@ -288,6 +288,7 @@ def test_cli_with_damaged_manifests(tmp_path):
     (folder / "manifest.json").write_text("[]")
     result = run(*generate)
     assert result.returncode == 0, result.stderr
+    assert f"{folder} not used: {folder / 'manifest.json'} holds a JSON list" in result.stderr  # one warning
     assert isinstance(json.loads((folder / "manifest.json").read_text()), dict)
     assert np.array_equal(np.load(folder / "train.tokens.npy"), first)
 

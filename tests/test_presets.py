@@ -7,10 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_fixtures import (
+    cifar_record,
+    lra_to_string,
+    lra_tree,
+    png_bytes,
+    write_aan,
+    write_cifar,
+    write_imdb,
+    write_listops,
+    write_pathfinder,
+)
 from mlflow.tracking import MlflowClient
 
-from data_fixtures import (cifar_record, lra_to_string, lra_tree, png_bytes, write_aan, write_cifar, write_imdb,
-                           write_listops, write_pathfinder)
 from lra.compose import CONF_DIR, compose_config
 
 pytestmark = pytest.mark.slow

@@ -276,3 +276,49 @@ def test_jobs_of_a_multi_objective_study_never_report(tmp_path):
     reporter = open_trial({"storage": url, "study_name": "mo", "trial_number": trial.number})
     assert reporter.report(1, 0.5) is False  # Optuna has no intermediate values for several objectives
     assert study.get_trials()[0].intermediate_values == {}
+
+
+def test_a_storage_config_is_instantiated_and_jobs_get_its_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    sweeper = _sweeper(storage=OmegaConf.create({"_target_": "optuna.storages.RDBStorage", "url": url,
+                                                 "heartbeat_interval": 60}))
+    assert sweeper._storage_url() == url
+    assert isinstance(sweeper._make_storage(url), optuna.storages.RDBStorage)
+    with pytest.raises(SweeperError, match="hydra.sweeper.storage"):
+        _sweeper(storage=OmegaConf.create({"_target_": "optuna.storages.RDBStorage"}))._storage_url()
+
+
+def test_the_pareto_sweep_composes_to_nsga_ii_over_five_attentions():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hydra_plugins.lra_optuna_sweeper._samplers import resolve_pruner, resolve_sampler
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "sweeps"), version_base="1.3"):
+        cfg = compose("pareto", overrides=[f"hydra.searchpath=[file://{REPO / 'conf'}]"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert list(cfg.sweep.objective) == ["eval_accuracy", "samples_per_second"]
+    sweeper = cfg.hydra.sweeper
+    assert resolve_sampler(OmegaConf.to_container(sweeper.sampler), 2)["_target_"] == "optuna.samplers.NSGAIISampler"
+    assert resolve_pruner(OmegaConf.to_container(sweeper.pruner), 2) is None
+    space = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert set(space.distributions["attention"].choices) == {"softmax", "hrr-individual", "hrr-bundled",
+                                                            "hrr-quadratic", "tpr"}
+    assert sweeper.custom_search_space == "lra.pareto.attention_options"
+
+
+def test_hrr_trials_draw_their_own_options_and_the_front_is_non_dominated():
+    from lra.pareto import attention_options, pareto_front
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    space = {"attention": CategoricalDistribution(["softmax", "hrr-bundled"])}
+    for name in ("softmax", "hrr-bundled"):
+        study.enqueue_trial({"attention": name})
+        trial = study.ask(fixed_distributions=space)
+        attention_options(None, trial)
+        extra = set(trial.params) - {"attention"}
+        assert extra == (set() if name == "softmax" else {"attention.learn_scale", "attention.scale_init"})
+    points = [(0.9, 10.0), (0.8, 20.0), (0.7, 15.0), (0.9, 5.0), (0.5, 30.0)]
+    assert pareto_front(points, ["maximize", "maximize"]) == [0, 1, 4]
+    assert pareto_front([(0.9, 600.0), (0.8, 650.0), (0.95, 700.0)], ["maximize", "minimize"]) == [0, 2]

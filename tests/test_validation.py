@@ -37,6 +37,19 @@ def assert_nothing_made(tmp: Path) -> None:
         assert name not in made, (name, made)
 
 
+def assert_no_run(tmp: Path) -> None:
+    """After the data was read: no output folder and no MLflow run (the store itself may exist: it is checked,
+    and so made, before the data is read)."""
+    made = sorted(p.name for p in tmp.iterdir())
+    assert "outputs" not in made and "multirun" not in made, made
+    if (tmp / "mlflow.db").exists():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
+        experiments = [e.experiment_id for e in client.search_experiments()]
+        assert not experiments or client.search_runs(experiments) == []
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Hydra's own errors, as ours
 
@@ -133,6 +146,8 @@ def test_sweep_values_are_enumerated_like_the_basic_sweeper(tmp_path: Path) -> N
     (["~model.nope"], ["~model.nope", "no such key to delete"]),
     (["-m", "hydra.job.chdir=true,false"], ["hydra.job.chdir=true,false", "cannot be swept"]),
     (["-cn", "nope"], ["--config-name='nope'"]),
+    (["training.seed=${oc.env:LRA_TEST_NEVER_SET}"], ["training.seed='${oc.env:LRA_TEST_NEVER_SET}'",
+                                                      "cannot be resolved", "LRA_TEST_NEVER_SET"]),
 ])
 def test_nearest_names_in_process(argv: list[str], words: list[str]) -> None:
     from lra.overrides import check_command_line
@@ -167,7 +182,7 @@ def test_model_smaller_than_the_data_is_refused_before_any_run(tmp_path: Path, o
     line = error_line(launch(tmp_path, *TINY, override))
     for word in words:
         assert word in line, (word, line)
-    assert_nothing_made(tmp_path)  # the run folder Hydra made was removed; no MLflow store
+    assert_no_run(tmp_path)  # the run folder Hydra made was removed; no MLflow run
     assert (tmp_path / "data").exists()  # the data was read (that is how the problem was found)
 
 
@@ -219,6 +234,16 @@ def test_read_only_folder_is_refused(tmp_path: Path, key: str) -> None:
                                      f"{key}={locked / 'x'}"]))
     finally:
         locked.chmod(0o700)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_folder_no_one_can_write_is_refused_even_for_root() -> None:
+    """/proc takes no new files, whoever asks (root passes os.access there; the probe file tells)."""
+    from lra.preflight import check_writable
+
+    with pytest.raises(ConfigError, match=r"checkpoint\.dir='/proc/lra-x/y': cannot write in /proc, the nearest "
+                                          r"existing folder above it"):
+        check_writable("checkpoint.dir", "/proc/lra-x/y", "why")
 
 
 def test_write_probe_creates_nothing(tmp_path: Path) -> None:
@@ -320,7 +345,8 @@ def test_every_documented_key_is_in_every_profile() -> None:
     documented = set(readme_keys()) | set(leaves(OmegaConf.structured(Schema)))
     combos = ([[f"hardware={h}"] for h in _profiles("hardware")] + [[f"task={t}"] for t in _profiles("task")]
               + [[f"attention={a}"] for a in _profiles("attention")]
-              + [[f"scheduler={s}"] for s in _profiles("scheduler")])
+              + [[f"scheduler={s}"] for s in _profiles("scheduler")]
+              + [[f"experiment={e}"] for e in _profiles("experiment")])
     missing = {}
     for combo in combos:
         cfg = compose_config([*combo, "hydra/job_logging=none", "hydra/hydra_logging=none"])
@@ -352,17 +378,26 @@ def _source_ignoring_tasks() -> list[str]:
 
 
 def test_every_task_that_reads_no_source_refuses_one(tmp_path: Path, capsys) -> None:
+    from lra.data import LOADERS, reads_source
     from lra.data.__main__ import main
+    from lra.data.tasks import task_presets
 
+    presets = task_presets()
     expected = {"listops": "listops-release", "listops-small": "listops-release", "listops-medium": "listops-release",
-                "pathfinder-small": "pathfinder32", "pathfinder32-generated": "pathfinder32", "image-small": "image"}
-    assert _source_ignoring_tasks() == sorted(expected)
-    for task, reader in expected.items():
+                "pathfinder32-generated": "pathfinder32", "image-small": "image"}
+    tasks = _source_ignoring_tasks()
+    assert set(expected) <= set(tasks)
+    for task in tasks:
         assert main(["prepare", task, "--source", str(tmp_path / "x"), "--root", str(tmp_path / "data")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: --source=") and "would be ignored" in err, err
-        assert f"python -m lra.data prepare {reader} --source" in err, err
         assert len(err.splitlines()) == 1
+        named = re.findall(r"python -m lra\.data prepare (\S+) --source", err)
+        assert named and all(reads_source(LOADERS[presets[t]["data"]["loader"]]) for t in named), err
+        if task in expected:
+            assert named == [expected[task]], err
+        if task.endswith("-generated") and task.removesuffix("-generated") in presets:
+            assert named == [task.removesuffix("-generated")], err  # the same resolution
     assert not (tmp_path / "data").exists()
 
 

@@ -160,8 +160,11 @@ class _Heartbeat:
 
 def _interrupt_on_sigterm() -> Any:
     """Turn SIGTERM (kill, scancel) into KeyboardInterrupt, so running trials end FAIL instead of staying
-    RUNNING; returns the previous handler (None off the main thread)."""
+    RUNNING; returns the previous handler (None off the main thread, or when the app already handles SIGTERM:
+    lra's sweep callback ends the sweep with its own `Interrupted`, which ends the trials FAIL the same way)."""
     if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
         return None
 
     def interrupt(signum: int, frame: Any) -> None:

@@ -87,9 +87,12 @@ def reads_source(loader: Loader) -> bool:
     return isinstance(loader, ReleaseLoader) and not loader.builtin
 
 
-def source_readers(loader_name: str) -> list[str]:
+def source_readers(loader_name: str, data_cfg: Mapping | None = None) -> list[str]:
     """The tasks (conf/task/) that read release files of the same data as `loader_name` (listops-generated ->
-    listops-release): the loaders named alike (the part before the first '-') that read a source."""
+    listops-release): the loaders named alike (the part before the first '-') that read a source. With
+    `data_cfg`, only those whose data node shares the most parameters with it (pathfinder128-generated ->
+    pathfinder128, by the resolution)."""
+    from lra.data.params import COMMON_KEYS
     from lra.data.tasks import task_presets
 
     family = loader_name.split("-")[0]
@@ -98,7 +101,14 @@ def source_readers(loader_name: str) -> list[str]:
         presets = task_presets()
     except Exception:  # a broken conf must not hide the error this is suggested for
         return []
-    return sorted(task for task, spec in presets.items() if spec["data"].get("loader") in readers)
+    tasks = {task: spec["data"] for task, spec in presets.items() if spec["data"].get("loader") in readers}
+    if data_cfg is not None and tasks:
+        def shared(data: Mapping) -> int:
+            return sum(1 for k, v in data.items() if k not in COMMON_KEYS and k in data_cfg and data_cfg[k] == v)
+
+        best = max(shared(data) for data in tasks.values())
+        tasks = {task: data for task, data in tasks.items() if shared(data) == best}
+    return sorted(tasks)
 
 
 def check_source_used(data_cfg: Mapping, key: str = "data.source", switch: str = "task={}") -> None:
@@ -107,7 +117,7 @@ def check_source_used(data_cfg: Mapping, key: str = "data.source", switch: str =
     if common.source is None or reads_source(loader):
         return
     what = "generated here" if isinstance(loader, GeneratedLoader) else "built in (" + loader.layout.split(": ", 1)[-1] + ")"
-    readers = source_readers(loader.name)
+    readers = source_readers(loader.name, data_cfg)
     fix = f"drop {key}"
     if readers:
         fix += ", or use the task that reads release files: " + " or ".join(switch.format(t) for t in readers)
@@ -215,7 +225,11 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
                           f"get the release files (layout: {loader.layout}); then run "
                           f"`{prepare_command(loader.name, params, common.root)}`, or set data.source=PATH")
     what = "generating" if isinstance(loader, GeneratedLoader) else "preparing"
-    log.info("%s %s data into %s (%s)", what, loader.name, folder, opened)
+    if not stale and (folder / MANIFEST).is_file():  # there, but damaged: worth a warning (printed without config)
+        log.warning("%s not used: %s; %s it again", folder, opened,
+                    "generating" if what == "generating" else "preparing")
+    else:
+        log.info("%s %s data into %s (%s)", what, loader.name, folder, opened)
     started = time.time()
     builder = Builder(folder)
     try:
