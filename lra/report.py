@@ -201,6 +201,9 @@ def make_report(client: Any, *, experiments: Sequence[str] = (), sweep_id: Optio
     if rows:
         draw(rows, picture)
         files.append(picture)
+    from lra.pareto import report_front  # a multi-objective sweep's front: pareto.md, pareto.png (lra/pareto.py)
+
+    files += report_front(runs, out)
     if log_to_parent and rows:
         for run_id in parent_runs(client, runs, sweep_id):
             for path in files:
@@ -234,6 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("no FINISHED runs with a test_accuracy match the selection", file=sys.stderr)
         return 1
     print(files[0].read_text())
+    print("".join(path.read_text() for path in files if path.name == "pareto.md"), end="")
     print("wrote " + ", ".join(str(path) for path in files))
     return 0
 
