@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from lra.batches import epoch_order, iterate_batches, num_batches, to_device
 from lra.checkpoint import CheckpointStore, rng_state, run_key, set_rng_state
 from lra.config import resolve_device, resolve_precision, validate
 from lra.data import Split, load_splits, sequence_length
 from lra.errors import ConfigError
+from lra.memory import model_peak_memory_mb
 from lra.model import LRAClassifier, count_parameters
+from lra.progress import EpochProgress
 from lra.schedule import build_scheduler
 from lra.step import StepStats, autocast_context, eval_step, train_step
-from lra.tracking import RunTracker, ui_command
+from lra.tracking import RunTracker
+from lra.ui import ui_hint
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                             "resolved.steps_per_epoch": steps_per_epoch, "resolved.total_steps": total_steps,
                             "resolved.num_parameters": count_parameters(model),
                             "resolved.chunk_size": chunk_size})
+        tracker.log_metrics({"model_peak_memory_mb": model_peak_memory_mb(
+            model, optimizer, splits["train"], chunk_size=chunk_size, device=device, autocast=autocast,
+            limit=limit)}, step=0)
 
     def save_last() -> None:
         store.save_last({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -230,7 +234,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     tracker.end("FINISHED")
     print(f"MLflow run {run_id} FINISHED: test_accuracy={metrics['test_accuracy']:.4f}")
-    print(f"Open the UI: {ui_command(tracker.uri)}")
+    hint = ui_hint(cfg, tracker.uri)  # None inside a multirun: the sweep prints it once
+    if hint:
+        print(hint)
     return metrics
 
 
@@ -242,49 +248,49 @@ def _fit(cfg, model, optimizer, scheduler, scaler, splits, progress: Progress, t
     window, window_seconds = StepStats(), 0.0
     while progress.epoch < t.num_epochs and progress.global_step < total_steps:
         order = epoch_order(len(splits["train"]), t.seed, progress.epoch)
-        bar = tqdm(total=steps_per_epoch, initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}",
-                   file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False,
-                   disable=None)  # None: shown on a terminal, silent in logs
+        bar = EpochProgress(epoch=progress.epoch + 1, total=steps_per_epoch, initial=progress.batch_in_epoch)
         tic = time.perf_counter()
-        for batch in iterate_batches(splits["train"], t.batch_size, order=order, start=progress.batch_in_epoch,
-                                     limit=limit):
-            poison = t.debug_nan_at_step is not None and progress.global_step + 1 == t.debug_nan_at_step
-            stats = train_step(model, to_device(batch, device), optimizer, chunk_size=chunk_size,
-                               autocast=autocast, scaler=scaler, grad_clip=t.grad_clip,
-                               label_smoothing=t.label_smoothing, poison_loss=poison)
-            progress.global_step += 1
-            progress.batch_in_epoch += 1
-            memory.sample()
-            if not math.isfinite(stats.loss):
-                tracker.log_metrics({"train_loss": stats.loss}, step=progress.global_step)
-                raise DivergedError(f"training diverged: non-finite loss {stats.loss} at step {progress.global_step}")
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            seconds = time.perf_counter() - tic
-            tic = time.perf_counter()
-            progress.train_seconds += seconds
-            progress.train_samples += stats.count
-            progress.epoch_loss_sum += stats.loss_sum
-            progress.epoch_correct += stats.correct
-            progress.epoch_count += stats.count
-            window.add(stats)
-            window_seconds += seconds
-            bar.update(1)
-            if progress.global_step % t.log_every == 0:
-                speed = window.count / max(window_seconds, 1e-9)
-                tracker.log_metrics({"train_loss": window.loss, "train_accuracy": window.accuracy, "lr": lr,
-                                     "samples_per_second": speed, "peak_memory_mb": memory.mb},
-                                    step=progress.global_step)
-                bar.set_postfix(loss=f"{window.loss:.3f}", acc=f"{window.accuracy:.3f}", sps=f"{speed:.0f}")
-                window, window_seconds = StepStats(), 0.0
-            at_epoch_end = progress.batch_in_epoch == steps_per_epoch
-            if (t.checkpoint_every and progress.global_step % t.checkpoint_every == 0 and not at_epoch_end
-                    and progress.global_step < total_steps):
-                save_last()
-            if progress.global_step >= total_steps:
-                break
-            tic = time.perf_counter()
-        bar.close()
+        try:
+            for batch in iterate_batches(splits["train"], t.batch_size, order=order, start=progress.batch_in_epoch,
+                                         limit=limit):
+                poison = t.debug_nan_at_step is not None and progress.global_step + 1 == t.debug_nan_at_step
+                stats = train_step(model, to_device(batch, device), optimizer, chunk_size=chunk_size,
+                                   autocast=autocast, scaler=scaler, grad_clip=t.grad_clip,
+                                   label_smoothing=t.label_smoothing, poison_loss=poison)
+                progress.global_step += 1
+                progress.batch_in_epoch += 1
+                memory.sample()
+                if not math.isfinite(stats.loss):
+                    tracker.log_metrics({"train_loss": stats.loss}, step=progress.global_step)
+                    raise DivergedError(
+                        f"training diverged: non-finite loss {stats.loss} at step {progress.global_step}")
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                seconds = time.perf_counter() - tic
+                tic = time.perf_counter()
+                progress.train_seconds += seconds
+                progress.train_samples += stats.count
+                progress.epoch_loss_sum += stats.loss_sum
+                progress.epoch_correct += stats.correct
+                progress.epoch_count += stats.count
+                window.add(stats)
+                window_seconds += seconds
+                bar.update(loss=stats.loss, samples=stats.count)
+                if progress.global_step % t.log_every == 0:
+                    speed = window.count / max(window_seconds, 1e-9)
+                    tracker.log_metrics({"train_loss": window.loss, "train_accuracy": window.accuracy, "lr": lr,
+                                         "samples_per_second": speed, "peak_memory_mb": memory.mb},
+                                        step=progress.global_step)
+                    window, window_seconds = StepStats(), 0.0
+                at_epoch_end = progress.batch_in_epoch == steps_per_epoch
+                if (t.checkpoint_every and progress.global_step % t.checkpoint_every == 0 and not at_epoch_end
+                        and progress.global_step < total_steps):
+                    save_last()
+                if progress.global_step >= total_steps:
+                    break
+                tic = time.perf_counter()
+        finally:
+            bar.close()
         _end_epoch(cfg, model, splits, progress, tracker, store, trial, device=device, autocast=autocast,
                    chunk_size=chunk_size, limit=limit)
         save_last()

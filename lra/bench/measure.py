@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lra.memory import Peak, peak_memory  # noqa: F401 - the benchmarks' peak memory is the trainer's measure
+
 MEMORY_METHODS = {
     "cuda": "CUDA caching allocator: max_memory_allocated - memory_allocated before the call",
     "cpu": "torch CPU allocator events (torch.profiler, profile_memory=True): peak of the running sum of "
@@ -90,47 +92,6 @@ def interleaved(candidates: Mapping[str, Callable[[], object]], *, repeats: int,
             if r >= warmup:
                 out[name].times.append(seconds)
     return out
-
-
-@dataclass
-class Peak:
-    bytes: int
-    ops: set[str]  # aten op names seen (CPU only; e.g. which scaled_dot_product kernel ran)
-
-
-def peak_memory(fn: Callable[[], object], device: torch.device) -> Peak:
-    """Peak bytes live during `fn()` above those live when it began (see the module docstring)."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        sync(device)
-        return Peak(torch.cuda.max_memory_allocated(device) - before, set())
-    return _cpu_peak(fn)
-
-
-def _cpu_peak(fn: Callable[[], object]) -> Peak:
-    from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events: list[tuple[int, int]] = []  # (time ns, +bytes allocated / -bytes freed)
-    ops: set[str] = set()
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
-    while stack:
-        event = stack.pop()
-        if event.tag == _EventType.Allocation:
-            events.append((event.start_time_ns, event.extra_fields.alloc_size))
-        elif event.name.startswith("aten::"):
-            ops.add(event.name.removeprefix("aten::"))
-        stack.extend(event.children)
-    live = peak = 0
-    for _, size in sorted(events):
-        live += size
-        peak = max(peak, live)
-    return Peak(peak, ops)
 
 
 def sdpa_kernels(ops: set[str]) -> list[str]:
