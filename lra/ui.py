@@ -124,8 +124,15 @@ def varying_params(runs: Sequence[Any], limit: int = 8) -> list[str]:
     for key in keys:
         if key.startswith(IGNORED_PARAM_PREFIXES) or key in ("training.seed", "attention.name"):
             continue
-        if len({run.data.params.get(key) for run in runs}) > 1:
-            out.append(key)
+        if key.startswith("attention."):  # a mechanism's own option varies only among runs of that mechanism
+            by_attention: dict[Optional[str], set] = {}
+            for run in runs:
+                by_attention.setdefault(run.data.params.get("attention.name"), set()).add(run.data.params.get(key))
+            if all(len(values) == 1 for values in by_attention.values()):
+                continue
+        elif len({run.data.params.get(key) for run in runs}) == 1:
+            continue
+        out.append(key)
     return out[:limit]
 
 
@@ -168,7 +175,8 @@ def runs_url(base: str, experiment_id: str, key: Optional[str] = None) -> str:
 
 
 def compare_url(base: str, experiment_id: str, run_ids: Sequence[str]) -> str:
-    query = urllib.parse.urlencode({"runs": json.dumps(list(run_ids)), "experiments": json.dumps([experiment_id]),
+    query = urllib.parse.urlencode({"runs": json.dumps(list(run_ids), separators=(",", ":")),
+                                    "experiments": json.dumps([experiment_id], separators=(",", ":")),
                                     "workflowType": "machine_learning"})
     return f"{base.rstrip('/')}/#/compare-runs?{query}"
 
@@ -264,7 +272,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--experiment", default=None, help="the experiment (default: the latest run's)")
     parser.add_argument("--sweep-id", default=None, help="the sweep to compare (default: the latest run's)")
     parser.add_argument("--host", default="127.0.0.1", help="the address to serve on (default: loopback only)")
-    parser.add_argument("--port", type=int, default=5000, help="default 5000; a busy port is replaced by a free one")
+    parser.add_argument("--port", type=int, default=5000, help="default 5000; 0, or a busy port: a free one")
     args = parser.parse_args(argv)
 
     from mlflow.tracking import MlflowClient
@@ -279,9 +287,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         server, base = None, uri
     else:
         port = args.port
-        if not _port_free(args.host, port):
+        if port == 0 or not _port_free(args.host, port):
             port = free_port(args.host)
-            print(f"port {args.port} is in use; serving on {port}")
+            if args.port:
+                print(f"port {args.port} is in use; serving on {port}")
         server = Server(uri, args.host, port)
         print(f"starting the MLflow UI on {uri} ...", flush=True)
         try:
