@@ -79,7 +79,7 @@ class EpochProgress:
             left = (self.total - self.done) * elapsed / steps if steps else math.inf
             text = (f"epoch {self.epoch}: step {self.done}/{self.total} ({100 * self.done / max(1, self.total):.0f}%)"
                     f", loss {self.loss:.4f}, {speed:.0f} samples/s, {_duration(left)} left")
-            if now - self.last_step >= self.interval:
+            if self.interval > 0 and now - self.last_step >= self.interval:
                 text += f" (this step has run {_duration(now - self.last_step)})"
             return text
 
