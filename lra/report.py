@@ -290,8 +290,9 @@ def _fit(ax: Any, rounds: int = 8, pad: float = 4.0) -> None:
             return
         frame = ax.get_window_extent()
         inverse = ax.transData.inverted()
-        (x0, y0), (x1, y1) = inverse.transform([[frame.x0 - (left and left + pad), frame.y0 - (bottom and bottom + pad)],
-                                                [frame.x1 + (right and right + pad), frame.y1 + (top and top + pad)]])
+        grow = [left and left + pad, right and right + pad, bottom and bottom + pad, top and top + pad]
+        (x0, y0), (x1, y1) = inverse.transform([[frame.x0 - grow[0], frame.y0 - grow[2]],
+                                                [frame.x1 + grow[1], frame.y1 + grow[3]]])
         ax.set_xlim(x0, x1)
         ax.set_ylim(y0, y1)
 
