@@ -74,7 +74,16 @@ class Row:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{key}={value}" for key, value in self.differs.items())
+        return ", ".join(f"{key}={_short(value)}" for key, value in self.differs.items())
+
+
+def _short(value: str) -> str:
+    """A logged float to 4 significant digits (a search's 0.024384255846226832 -> 0.02438); else as logged."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if "." not in value and "e" not in value.lower() else f"{number:.4g}"
 
 
 def _attention_key(name: str) -> tuple[int, str]:
