@@ -253,6 +253,10 @@ class Server:
         self.stop()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _error(key: str, value: object, problem: str, fix: str) -> int:
     print(f"error: {key}={value}: {problem}; fix: {fix}", file=sys.stderr)
     return 2
@@ -298,7 +302,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except RuntimeError as error:
             return _error("--tracking-uri", uri, str(error), "check the store URI, or start `mlflow server` by hand")
         base = server.base
-    signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the server too, as Ctrl-C does
     try:
         client = MlflowClient(base)
         try:

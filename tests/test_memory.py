@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
+import pytest
 import torch
 
 from lra.data import Split
@@ -75,3 +76,17 @@ def test_profiler_notes_stay_off_the_console_and_other_stderr_output_is_kept(cap
     assert peak_memory(work, torch.device("cpu")).bytes >= 256 * 256 * 4
     err = capfd.readouterr().err
     assert "kept" in err and "USDT" not in err and "profiler_start" not in err
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_measure_is_the_allocators_and_changes_nothing():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible")
+    cuda = torch.device("cuda")
+    model = _model().to(cuda)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    params_mb = sum(p.numel() * 4 for p in model.parameters()) / 2**20
+    small = model_peak_memory_mb(model, optimizer, _split(), chunk_size=2, device=cuda)
+    large = model_peak_memory_mb(model, optimizer, _split(), chunk_size=32, device=cuda)
+    assert 4 * params_mb < small < large
+    assert all(p.grad is None for p in model.parameters())
