@@ -154,13 +154,17 @@ def memory_of(run: Any) -> tuple[Optional[float], str]:
     return None, "not measured"
 
 
+PER_MECHANISM = ("attention.", "resolved.")  # a mechanism's options, and what follows from it (its parameter count)
+
+
 def _differing_keys(rows: Sequence[Row]) -> list[str]:
-    """The config keys whose values differ between rows of one table, attention aside: a mechanism's own option
-    (`attention.*`) counts only where it differs between rows of the same mechanism."""
+    """The config keys whose values differ between rows of one table, attention aside: a mechanism's own options
+    (`attention.*`) and the resolved values (`resolved.num_parameters` differs between mechanisms) count only
+    where they differ between rows of the same mechanism."""
     keys = sorted({key for row in rows for key in row.config} - {"task", "attention.name"})
     out = []
     for key in keys:
-        if key.startswith("attention."):
+        if key.startswith(PER_MECHANISM):
             values: dict[str, set] = {}
             for row in rows:
                 values.setdefault(row.attention, set()).add(row.config.get(key))
@@ -173,7 +177,7 @@ def _differing_keys(rows: Sequence[Row]) -> list[str]:
 
 def build_rows(runs: Iterable[Any]) -> list[Row]:
     """Group runs by (task, attention, config but the seed); name what differs within each task; ratios are to
-    the softmax row of the same task whose differing keys (attention options aside) have the same values."""
+    the softmax row of the same task whose differing keys (per-mechanism ones aside) have the same values."""
     rows: dict[tuple, Row] = {}
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
@@ -199,7 +203,7 @@ def build_rows(runs: Iterable[Any]) -> list[Row]:
         for row in mine:
             row.differs = {key: row.config.get(key, "–") for key in differing}
         mine.sort(key=lambda r: (tuple(r.differs.values()), _attention_key(r.attention)))
-        shared = [key for key in differing if not key.startswith("attention.")]
+        shared = [key for key in differing if not key.startswith(PER_MECHANISM)]
         for number, row in enumerate(mine, 1):
             row.number = number
             base = next((other for other in mine if other.attention == BASELINE
@@ -280,10 +284,7 @@ def content_boxes(ax: Any) -> list[Any]:
     boxes = []
     for collection in ax.collections:
         if isinstance(collection, PathCollection):
-            sizes = collection.get_sizes()
-            for i, (x, y) in enumerate(ax.transData.transform(collection.get_offsets())):
-                radius = math.sqrt(sizes[i % len(sizes)]) / 2 * fig.dpi / 72 + collection.get_linewidths()[0]
-                boxes.append(Bbox([[x - radius, y - radius], [x + radius, y + radius]]))
+            boxes.extend(_marker_boxes(ax, collection))
         elif isinstance(collection, LineCollection):
             boxes.extend(Bbox(ax.transData.transform(segment)) for segment in collection.get_segments())
     boxes.extend(text.get_window_extent(renderer) for text in ax.texts)
@@ -306,20 +307,56 @@ def _fit(ax: Any, rounds: int = 8, pad: float = 4.0) -> None:
         ax.set_ylim(y0, y1)
 
 
-def _unstack_labels(ax: Any) -> None:
-    """A label that overlaps an earlier one moves below its marker."""
-    ax.figure.canvas.draw()
-    renderer = ax.figure.canvas.get_renderer()
+def _overlap(a: Any, b: Any) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _place_labels(ax: Any) -> None:
+    """Each label goes above, below, right or left of its marker: the first place that covers no other label
+    or marker (else the one that covers least)."""
+    from matplotlib.collections import PathCollection
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    markers: list[Any] = []
+    for collection in ax.collections:
+        if isinstance(collection, PathCollection):
+            markers.extend(_marker_boxes(ax, collection))
     placed: list[Any] = []
-    for text in ax.texts:
-        box = text.get_window_extent(renderer)
-        if any(box.overlaps(other) for other in placed):
-            x, y = text.xyann
-            text.xyann = (x, -y)
-            text.set_va("top")
-            ax.figure.canvas.draw()
+    for text, own in zip(ax.texts, markers):
+        gap = (own.x1 - own.x0) / 2 * 72 / fig.dpi + 3  # points from the marker's centre to its rim, and 3
+        best = None
+        for offset, ha, va in (((0, gap), "center", "bottom"), ((0, -gap), "center", "top"),
+                               ((gap, 0), "left", "center"), ((-gap, 0), "right", "center")):
+            text.xyann = offset
+            text.set_ha(ha)
+            text.set_va(va)
             box = text.get_window_extent(renderer)
+            cost = sum(_overlap(box, other) for other in placed) + sum(
+                _overlap(box, marker) for marker in markers if marker is not own)
+            if best is None or cost < best[0]:
+                best = (cost, offset, ha, va, box)
+            if cost == 0:
+                break
+        _, offset, ha, va, box = best
+        text.xyann = offset
+        text.set_ha(ha)
+        text.set_va(va)
         placed.append(box)
+
+
+def _marker_boxes(ax: Any, collection: Any) -> list[Any]:
+    from matplotlib.transforms import Bbox
+
+    fig, sizes = ax.figure, collection.get_sizes()
+    boxes = []
+    for i, (x, y) in enumerate(ax.transData.transform(collection.get_offsets())):
+        radius = math.sqrt(sizes[i % len(sizes)]) / 2 * fig.dpi / 72 + collection.get_linewidths()[0]
+        boxes.append(Bbox([[x - radius, y - radius], [x + radius, y + radius]]))
+    return boxes
 
 
 def draw(rows: Sequence[Row], path: Path) -> list[str]:
@@ -331,7 +368,7 @@ def draw(rows: Sequence[Row], path: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     tasks = sorted({row.task for row in rows})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.0 * len(tasks), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(8.5 * len(tasks), 5.0), squeeze=False)
     memories = [row.mean("memory") for row in rows if row.mean("memory")]
     largest = max(memories) if memories else 1.0
     colors = plt.get_cmap("tab10")
@@ -343,11 +380,12 @@ def draw(rows: Sequence[Row], path: Path) -> list[str]:
             memory = row.mean("memory")
             area = 50 + 550 * memory / largest if memory else 50
             color = colors(_attention_key(row.attention)[0] % 10)
+            name = f"{row.attention} [{row.number}]" if numbered else row.attention
             if row.std():
                 ax.errorbar(x, y, yerr=row.std(), fmt="none", ecolor=color, capsize=3, alpha=0.7)
             ax.scatter([x], [y], s=area, color=color, alpha=0.75, edgecolors="black", linewidths=0.5,
-                       marker="o" if memory else "s")
-            name = f"{row.attention} [{row.number}]" if numbered else row.attention
+                       marker="o" if memory else "s",
+                       label=f"{name}: {_num(y, 3)}, {_num(memory, 1)} MB" if memory else f"{name}: {_num(y, 3)}")
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 0.6 * math.sqrt(area) + 3),
                         ha="center", va="bottom", fontsize=8)
         speeds = [row.mean("speed") for row in mine if row.mean("speed")]
@@ -358,6 +396,10 @@ def draw(rows: Sequence[Row], path: Path) -> list[str]:
         ax.set_ylabel("test accuracy (mean ± std over seeds)")
         ax.grid(alpha=0.3)
         ax.margins(0.12)
+        legend = ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                           title="accuracy, memory", title_fontsize=7)
+        for handle in legend.legend_handles:
+            handle.set_sizes([40])
     measured = [row for row in rows if row.mean("memory")]
     note = ("marker area: memory (" + ", ".join(sorted({m for r in measured for m in r.memory_measures})) + "; "
             f"largest {largest:.1f} MB)" if measured else "memory not measured (squares)")
@@ -365,7 +407,7 @@ def draw(rows: Sequence[Row], path: Path) -> list[str]:
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     for ax in axes[0]:
         _fit(ax)
-        _unstack_labels(ax)
+        _place_labels(ax)
         _fit(ax)
     problems = []
     for ax in axes[0]:

@@ -124,7 +124,7 @@ def varying_params(runs: Sequence[Any], limit: int = 8) -> list[str]:
     for key in keys:
         if key.startswith(IGNORED_PARAM_PREFIXES) or key in ("training.seed", "attention.name"):
             continue
-        if key.startswith("attention."):  # a mechanism's own option varies only among runs of that mechanism
+        if key.startswith(("attention.", "resolved.")):  # per mechanism: compared among runs of one mechanism
             by_attention: dict[Optional[str], set] = {}
             for run in runs:
                 by_attention.setdefault(run.data.params.get("attention.name"), set()).add(run.data.params.get(key))
