@@ -41,10 +41,13 @@ VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI's saved views (experime
 HEALTH_TIMEOUT_S = 180.0
 # Params that say nothing about how a run differs from another (paths, bookkeeping, the sweep itself).
 IGNORED_PARAM_PREFIXES = ("sweep.", "tracking.", "checkpoint.", "run_key", "data.root", "data.source")
-BASE_COLUMNS = (("attributes", "Dataset"), ("tags", "attention"), ("metrics", "test_accuracy"),
-                ("metrics", "eval_accuracy"), ("metrics", "samples_per_second"),
-                ("metrics", "model_peak_memory_mb"), ("metrics", "peak_memory_mb"), ("params", "training.seed"))
+# In this order from the left (after the run's name); the process's RSS (`peak_memory_mb`) only for GPU runs,
+# where it is the allocator's peak.
+BASE_COLUMNS = (("tags", "attention"), ("metrics", "test_accuracy"), ("metrics", "eval_accuracy"),
+                ("metrics", "samples_per_second"), ("metrics", "model_peak_memory_mb"),
+                ("metrics", "peak_memory_mb"), ("params", "training.seed"))
 SEARCH_COLUMNS = (("tags", "optuna_trial"), ("tags", "pruned"))
+RUN_NAME_COLUMN = "attributes.`Run Name`"
 
 
 def ui_hint(cfg: DictConfig, uri: str) -> Optional[str]:
@@ -139,16 +142,20 @@ def varying_params(runs: Sequence[Any], limit: int = 8) -> list[str]:
 def view_state(target: Target) -> dict[str, Any]:
     """The runs view's state (the keys MLflow's UI saves in a view): filter, sort, columns."""
     metrics = {key for run in target.runs for key in run.data.metrics}
-    columns = [_column(kind, key) for kind, key in BASE_COLUMNS if kind != "metrics" or key in metrics]
+    on_gpu = any(run.data.params.get("resolved.device", "").startswith("cuda") for run in target.runs)
+    columns = [_column(kind, key) for kind, key in BASE_COLUMNS
+               if kind != "metrics" or (key in metrics and (key != "peak_memory_mb" or on_gpu))]
     if any("optuna_trial" in run.data.tags for run in target.runs):
         columns += [_column(kind, key) for kind, key in SEARCH_COLUMNS]
     columns += [_column("params", key) for key in varying_params(target.runs)]
+    columns.append(_column("attributes", "Dataset"))
     search = "tags.attention LIKE '%'"  # job runs only: a sweep's parent run has no attention
     if target.sweep_id:
         search = f"tags.sweep_id = {_quote(target.sweep_id)} and {search}"
     return {"searchFilter": search, "orderByKey": _column("metrics", "test_accuracy"), "orderByAsc": False,
             "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-            "selectedColumns": columns, "columnOrder": [], "columnWidths": {}, "groupBy": None,
+            "selectedColumns": columns, "columnOrder": [RUN_NAME_COLUMN, *columns],
+            "columnWidths": {RUN_NAME_COLUMN: 260}, "groupBy": None,
             "groupsExpanded": {}, "viewMaximized": False, "runListHidden": False}
 
 

@@ -72,9 +72,10 @@ def test_the_view_shows_what_varies_and_filters_the_sweeps_jobs():
     state = view_state(Target("1", "listops-small", "s", runs))
     assert state["searchFilter"] == "tags.sweep_id = 's' and tags.attention LIKE '%'"
     assert state["orderByKey"] == "metrics.`test_accuracy`" and state["orderByAsc"] is False
-    assert state["selectedColumns"] == ["attributes.`Dataset`", "tags.`attention`", "metrics.`test_accuracy`",
-                                        "params.`training.seed`", "tags.`optuna_trial`", "tags.`pruned`",
-                                        "params.`training.learning_rate`"]
+    assert state["selectedColumns"] == ["tags.`attention`", "metrics.`test_accuracy`", "params.`training.seed`",
+                                        "tags.`optuna_trial`", "tags.`pruned`", "params.`training.learning_rate`",
+                                        "attributes.`Dataset`"]
+    assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]  # left to right
 
 
 @pytest.mark.slow
