@@ -1,16 +1,18 @@
 """One run: `python launch.py [overrides]`; a sweep: `python launch.py -m ...`. See README.md."""
 
-import logging
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lra.errors import ConfigError
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Train one model; return the metric a sweeper optimises (sweep.objective)."""
     from lra.config import validate
 
@@ -22,10 +24,11 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as error:
         if _is_multirun():
             raise  # the sweeper records a failed job and goes on
-        logging.getLogger("lra").error("config error: %s", error)
+        _remove_unused_run_dir()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    return metrics[cfg.sweep.objective]
+    objective = cfg.sweep.objective  # a list: a multi-objective Optuna sweep, one value per objective
+    return tuple(metrics[name] for name in objective) if OmegaConf.is_list(objective) else metrics[objective]
 
 
 def _is_multirun() -> bool:
@@ -35,5 +38,42 @@ def _is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def _remove_unused_run_dir() -> None:
+    """A run refused before it trained (a problem only the data shows) leaves no output folder: remove the run
+    folder Hydra made if it holds nothing but Hydra's `.hydra/` and the log, and its parents Hydra made (empty,
+    below the launch folder)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir).resolve()
+    if not folder.is_dir() or not {p.name for p in folder.iterdir()} <= {".hydra", f"{hydra_cfg.job.name}.log"}:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    launch_dir = Path(hydra_cfg.runtime.cwd).resolve()
+    parent = folder.parent
+    while parent != launch_dir and launch_dir in parent.parents:
+        try:
+            parent.rmdir()  # only an empty folder
+        except OSError:
+            break
+        parent = parent.parent
+
+
+def _check_command_line() -> None:
+    """Every override and every config the command would train, checked before Hydra makes anything."""
+    from lra.overrides import check_command_line
+
+    try:
+        check_command_line(sys.argv[1:], calling_file=os.path.abspath(__file__), config_path="conf",
+                           config_name="config")
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    _check_command_line()
+    from lra.place import hydra_overrides_for_rank
+
+    sys.argv += hydra_overrides_for_rank()  # torchrun's and srun's ranks other than 0: a folder of their own
     main()

@@ -1,16 +1,23 @@
-"""Atomic checkpoints and resume.
+"""Atomic checkpoints, resume, and one owner per run.
 
 Each distinct config gets its own folder (a hash of the config without the keys that do not change the
-result), so the same command run again finds its checkpoint. Files are written to a temporary name and
-renamed, so a kill never leaves a half-written checkpoint, and read with `weights_only=True`.
+result), so the same command run again finds its checkpoint. A training process holds the folder's lock
+(`.lock`, an OS file lock that dies with the process) while it trains, so a second command for the same config
+is refused instead of sharing its files. Files are written to a temporary name unique to the process,
+flushed to disk and renamed, so a kill never leaves a half-written checkpoint; the previous `last.pt` is kept
+as `previous.pt`. Files are read with `weights_only=True`; one that cannot be read, or that is not a
+checkpoint of this project, is moved aside (`last.pt.corrupt-<time>`) and the previous one is used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import shutil
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,8 +30,23 @@ _NOT_IN_IDENTITY = ("tracking", "checkpoint")
 _NOT_IN_IDENTITY_LEAVES = (("hardware", "num_threads"), ("training", "log_every"), ("training", "checkpoint_every"),
                            ("sweep", "id"), ("sweep", "parent_run_id"), ("sweep", "storage"))
 
+log = logging.getLogger(__name__)
+
 LAST = "last.pt"
+PREVIOUS = "previous.pt"
 BEST = "best.pt"
+LOCK = ".lock"
+OWNER = "owner.json"
+# What every `last.pt` holds; a file without these is foreign (another program's, or another version's).
+LAST_KEYS = frozenset({"model", "optimizer", "scheduler", "scaler", "rng", "progress", "run_id"})
+
+
+class RunLockedError(RuntimeError):
+    """Another live process trains the same config in the same checkpoint folder."""
+
+    def __init__(self, folder: Path, owner: str) -> None:
+        self.folder, self.owner = folder, owner
+        super().__init__(f"{folder} is in use by {owner}")
 
 
 def run_key(cfg: DictConfig) -> str:
@@ -38,10 +60,25 @@ def run_key(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _atomic_save(obj: Any, path: Path, keep_previous: Optional[Path] = None) -> None:
+    """Write `obj` to `path` through a temporary file of this process, flushed to disk before the rename."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if keep_previous is not None and path.exists():
+        os.replace(path, keep_previous)
     os.replace(tmp, path)
+    _fsync_folder(path.parent)
 
 
 def rng_state() -> dict[str, Any]:
@@ -58,20 +95,77 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class CheckpointStore:
-    """The folder of one run: `last.pt` (everything needed to resume) and `best.pt` (best-dev weights)."""
+    """The folder of one run: `last.pt` (everything needed to resume; `previous.pt` the one before) and
+    `best.pt` (best-dev weights). `acquire()` makes this process the folder's only user until `release()`."""
 
     def __init__(self, root: str | Path, key: str) -> None:
         self.folder = Path(root) / key
+        self.loaded_from: Optional[Path] = None  # the file load_last() returned
+        self._lock: Any = None
+
+    def acquire(self) -> None:
+        """Take the folder's lock, or raise RunLockedError naming the process that holds it."""
+        from filelock import FileLock, Timeout
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.folder / LOCK))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunLockedError(self.folder, self._owner()) from None
+        self._lock = lock
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "command": " ".join(sys.argv)[:2000]}
+        (self.folder / OWNER).write_text(json.dumps(owner))
+
+    def _owner(self) -> str:
+        try:
+            owner = json.loads((self.folder / OWNER).read_text())
+            return f"process {owner['pid']} on {owner['host']} (started {owner['started']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def release(self) -> None:
+        if self._lock is not None:
+            (self.folder / OWNER).unlink(missing_ok=True)
+            self._lock.release()
+            self._lock = None
 
     def load_last(self) -> Optional[dict[str, Any]]:
-        path = self.folder / LAST
-        if not path.exists():
+        """The newest readable checkpoint (`last.pt`, else `previous.pt`); unreadable files are moved aside."""
+        for name in (LAST, PREVIOUS):
+            path = self.folder / name
+            if not path.exists():
+                continue
+            state = self._read_checkpoint(path)
+            if state is not None:
+                self.loaded_from = path
+                if name == PREVIOUS:
+                    log.warning("resuming from the previous checkpoint %s", path)
+                return state
+        return None
+
+    def _read_checkpoint(self, path: Path) -> Optional[dict[str, Any]]:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not LAST_KEYS <= set(state):
+                raise ValueError("not a checkpoint of lra (keys missing)")
+            return state
+        except Exception as error:  # noqa: BLE001 - truncated, corrupt, foreign: all are set aside alike
+            self.set_aside(path, error)
             return None
-        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def set_aside(self, path: Path, error: BaseException) -> Path:
+        """Move an unusable file out of the way (kept for inspection) and say so in one line."""
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, aside)
+        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        print(f"warning: checkpoint {path} cannot be used ({reason}); moved to {aside.name}", file=sys.stderr)
+        return aside
 
     def save_last(self, state: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_save(state, self.folder / LAST)
+        _atomic_save(state, self.folder / LAST, keep_previous=self.folder / PREVIOUS)
 
     def save_best(self, model_state: dict[str, torch.Tensor]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -84,4 +178,6 @@ class CheckpointStore:
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Remove the checkpoints of an earlier run (the lock and its owner stay)."""
+        for name in (LAST, PREVIOUS, BEST):
+            (self.folder / name).unlink(missing_ok=True)

@@ -1,13 +1,15 @@
 """The config schema and its validation: every user error is raised here, before any data is read.
 
 `validate(cfg)` checks the composed Hydra config against the schema (misspelt keys, wrong types) and then the
-values (unknown names, impossible sizes, a device that is not there). Each problem becomes one
-`ConfigError` line that names the key path, the value and the fix.
+values (unknown names, impossible sizes, a device that is not there), then the machine (`lra.preflight`: folders
+writable, data within memory). `check_against_data(cfg, splits)` checks the model against the loaded data. Each
+problem becomes one `ConfigError` line that names the key path, the value and the fix.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -16,8 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from lra.errors import ConfigError
+from lra.preflight import check_against_data, check_machine  # noqa: F401 (check_against_data: for lra.train)
 
 SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
+OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # What train() returns, so what a sweep may optimise: eval_* are the values of the best-dev epoch.
@@ -47,6 +51,8 @@ class ModelSchema:
     pooling_mode: str = "MEAN"
     num_classes: int = 2
     dual_encoder: bool = False
+    head_activation: str = "relu"  # lra.model.HEAD_ACTIVATIONS
+    embedding_init_std: Optional[float] = 0.02
 
 
 @dataclass
@@ -68,6 +74,7 @@ class TrainingSchema:
     log_every: int = 10
     checkpoint_every: int = 100
     debug_nan_at_step: Optional[int] = None
+    optimizer: str = "adamw"
 
 
 @dataclass
@@ -97,10 +104,18 @@ class CheckpointSchema:
 class SweepSchema:
     id: Optional[str] = None
     parent_run_id: Optional[str] = None
-    objective: str = "eval_accuracy"
+    objective: Any = "eval_accuracy"  # a metric name, or a list of them (a multi-objective Optuna sweep)
     storage: Optional[str] = None
     study_name: Optional[str] = None
     trial_number: Optional[int] = None
+
+
+@dataclass
+class PublishedSchema:  # the experiment group's published figure (lra/published.py)
+    test_accuracy: Optional[float] = None
+    source: Optional[str] = None
+    verified: bool = False
+    experiment: Optional[str] = None
 
 
 @dataclass
@@ -117,6 +132,14 @@ class Schema:
     tracking: TrackingSchema = field(default_factory=TrackingSchema)
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     sweep: SweepSchema = field(default_factory=SweepSchema)
+    published: PublishedSchema = field(default_factory=PublishedSchema)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    """The schema as a config, built once (OmegaConf.structured costs as much as the rest of a validation);
+    never modified: `OmegaConf.merge` copies it."""
+    return OmegaConf.structured(Schema)
 
 
 def _known_keys(node: Any, prefix: str) -> list[str]:
@@ -128,15 +151,32 @@ def _known_keys(node: Any, prefix: str) -> list[str]:
     return keys
 
 
+def _check_groups(plain: Any, schema: Any, prefix: str = "") -> None:
+    """A single value where the schema has a group of keys (`model=3`) is named here; OmegaConf's merge error
+    would name neither the key nor the fix."""
+    if not OmegaConf.is_dict(plain):
+        return
+    for key in plain.keys():
+        if not OmegaConf.is_dict(schema) or key not in schema:
+            continue
+        path = f"{prefix}.{key}" if prefix else str(key)
+        expected, given = schema._get_node(key), plain._get_node(key)
+        if OmegaConf.is_dict(expected) and not OmegaConf.is_dict(given) and given._value() is not None:
+            known = ", ".join(str(k) for k in list(expected.keys())[:6])
+            raise ConfigError(path, given._value(), "is a group of keys, not a single value",
+                              f"set one of its keys instead ({path}.<key>=VALUE; keys: {known or 'any'})")
+        _check_groups(given, expected, path)
+
+
 def _schema_error(cfg: DictConfig, error: OmegaConfBaseException) -> ConfigError:
     key = str(getattr(error, "full_key", "") or getattr(error, "key", "") or "?")
     value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
     if isinstance(error, ConfigKeyError):
-        known = _known_keys(OmegaConf.structured(Schema), "")
+        known = _known_keys(_schema(), "")
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         fix = f"did you mean {close[0]}?" if close else "remove it; see the README's list of keys"
         return ConfigError(key, value, "unknown config key", fix)
-    expected = type(OmegaConf.select(OmegaConf.structured(Schema), key, default=None)).__name__
+    expected = type(OmegaConf.select(_schema(), key, default=None)).__name__
     return ConfigError(key, value, f"wrong type ({error.msg.splitlines()[0]})", f"give a value of type {expected}")
 
 
@@ -177,12 +217,22 @@ def resolve_device(device: str) -> torch.device:
 def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config; return it merged into the schema (typed, read-only) or raise ConfigError."""
     from lra.attention import attention_options
-    from lra.data import check_data_config, sequence_length
-    from lra.model import POOLING_MODES
+    from lra.data import check_data_config, check_source_used, sequence_length
+    from lra.model import HEAD_ACTIVATIONS, POOLING_MODES
 
-    plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(Schema), plain)
+        plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as error:  # an interpolation that cannot be resolved (${oc.env:NOPE}, ${a.b})
+        key = str(getattr(error, "full_key", "") or "?")
+        raw: Any = OmegaConf.to_container(cfg, resolve=False)
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        raise ConfigError(key, raw, f"cannot be resolved ({str(error).splitlines()[0]})",
+                          "give a plain value, or set what the interpolation reads (e.g. the environment "
+                          "variable)") from None
+    _check_groups(plain, _schema())
+    try:
+        typed = OmegaConf.merge(_schema(), plain)
     except OmegaConfBaseException as error:
         raise _schema_error(plain, error) from None
 
@@ -197,6 +247,10 @@ def validate(cfg: DictConfig) -> DictConfig:
         if not 0.0 <= model[key] < 1.0:
             raise ConfigError(f"model.{key}", model[key], "must lie in [0, 1)", f"set model.{key}=0.1")
     _choice("model.pooling_mode", model.pooling_mode, POOLING_MODES)
+    _choice("model.head_activation", model.head_activation, tuple(HEAD_ACTIVATIONS))
+    if model.embedding_init_std is not None and not model.embedding_init_std > 0:
+        raise ConfigError("model.embedding_init_std", model.embedding_init_std, "must be positive or null",
+                          "set model.embedding_init_std=0.02 (null: PyTorch's N(0, 1))")
 
     _at_least("training.batch_size", training.batch_size, 1)
     _at_least("training.num_epochs", training.num_epochs, 1)
@@ -215,6 +269,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError("training.label_smoothing", training.label_smoothing, "must lie in [0, 1)",
                           "set training.label_smoothing=0.1")
     _choice("training.lr_scheduler", training.lr_scheduler, SCHEDULERS)
+    _choice("training.optimizer", training.optimizer, OPTIMIZERS)
     if not 0.0 < training.learning_rate_decay <= 1.0:
         raise ConfigError("training.learning_rate_decay", training.learning_rate_decay, "must lie in (0, 1]",
                           "set training.learning_rate_decay=0.9")
@@ -252,14 +307,18 @@ def validate(cfg: DictConfig) -> DictConfig:
                           "fp16 autocast is not supported on the CPU",
                           "use training.mixed_precision=bf16 (or false) on a CPU")
 
-    _choice("sweep.objective", typed.sweep.objective, OBJECTIVES)
+    objectives = typed.sweep.objective
+    for objective in (list(objectives) if OmegaConf.is_list(objectives) else [objectives]):
+        _choice("sweep.objective", objective, OBJECTIVES)
 
     check_data_config(typed.data)
+    check_source_used(typed.data)
     length = sequence_length(typed.data) + (1 if model.pooling_mode == "CLS" else 0)
     if length > model.max_seq_len and not typed.data.get("truncate", False):
         cls_note = " (one slot is the CLS token)" if model.pooling_mode == "CLS" else ""
         raise ConfigError("model.max_seq_len", model.max_seq_len,
                           f"the task's sequences need {length} positions{cls_note}",
                           f"set model.max_seq_len={length}, or data.truncate=true to cut them")
+    check_machine(typed)  # folders writable, arrays within memory: the machine, not the config alone
     OmegaConf.set_readonly(typed, True)
     return typed

@@ -1,9 +1,14 @@
 """The LRA classifier: embeddings, the shared pre-LN encoder block, pooling, heads, the dual encoder.
 
 Only the per-head map `(q, k, v, mask) -> y` differs between mechanisms (`lra.attention`); everything
-else is this file. Dropout placement: `attention_dropout` acts on the mechanism's output y (merged heads,
-before the output projection), the same for all five mechanisms since tpr and hrr-bundled have no
-attention matrix to drop; `dropout_prob` acts on the embeddings, on each residual branch and inside the MLP.
+else is this file. Faithful to Nystromformer's LRA code (the seed's origin) where nothing says otherwise: the
+head's activation is ReLU (`model.head_activation`; gelu for the Hrrformer's head) and token embeddings start at
+N(0, 0.02) like the learned positions (`model.embedding_init_std`; null keeps PyTorch's N(0, 1)).
+
+Two deliberate choices, kept on purpose: MEAN pooling is masked (padding never enters the mean), and
+`attention_dropout` acts on the mechanism's output y (merged heads, before the output projection), the same for
+all five mechanisms since tpr and hrr-bundled have no attention matrix to drop; `dropout_prob` acts on the
+embeddings, on each residual branch and inside the MLP.
 No autocast here: the training step wraps the forward; FFT and cosine paths force float32 themselves.
 """
 
@@ -18,6 +23,9 @@ from lra.attention import build_attention
 from lra.errors import ConfigError
 
 POOLING_MODES = ("MEAN", "CLS")
+# The classifier head's activation: LRA (lra_benchmarks/models/layers/common_layers.py) and Nystromformer
+# (LRA/code/model_wrapper.py, SCHead) use ReLU; the Hrrformer's scripts use GELU.
+HEAD_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -75,14 +83,20 @@ class LRAClassifier(nn.Module):
                  head_dim: int, num_head: int, num_layers: int, dropout_prob: float, attention_dropout: float,
                  pooling_mode: str, num_classes: int, learn_pos_emb: bool, tied_weights: bool,
                  attention: str, attention_options: dict | None = None,
-                 attention_grad_checkpointing: bool = False, dual_encoder: bool = False) -> None:
+                 attention_grad_checkpointing: bool = False, dual_encoder: bool = False,
+                 head_activation: str = "relu", embedding_init_std: float | None = 0.02) -> None:
         super().__init__()
         if pooling_mode not in POOLING_MODES:
             raise ConfigError(key="model.pooling_mode", value=pooling_mode, problem="unknown pooling mode",
                               fix=f"use one of: {', '.join(POOLING_MODES)}")
+        if head_activation not in HEAD_ACTIVATIONS:
+            raise ConfigError(key="model.head_activation", value=head_activation, problem="unknown activation",
+                              fix=f"use one of: {', '.join(HEAD_ACTIVATIONS)}")
         self.max_seq_len, self.pooling_mode, self.dual_encoder = max_seq_len, pooling_mode, dual_encoder
         num_positions = max_seq_len + (pooling_mode == "CLS")  # the CLS slot comes on top of max_seq_len
         self.token_emb = nn.Embedding(vocab_size, embedding_dim)
+        if embedding_init_std is not None:  # Nystromformer: normal_(word_embeddings.weight, std=0.02)
+            nn.init.normal_(self.token_emb.weight, std=embedding_init_std)
         if learn_pos_emb:
             self.pos_emb = nn.Parameter(torch.randn(num_positions, embedding_dim) * 0.02)
         else:
@@ -102,7 +116,7 @@ class LRAClassifier(nn.Module):
         self.blocks = nn.ModuleList([shared if tied_weights else block() for _ in range(num_layers)])
         self.final_norm = nn.LayerNorm(embedding_dim)
         features = 4 * embedding_dim if dual_encoder else embedding_dim  # [u, v, u*v, u-v]
-        self.head = nn.Sequential(nn.Linear(features, transformer_hidden_dim), nn.GELU(),
+        self.head = nn.Sequential(nn.Linear(features, transformer_hidden_dim), HEAD_ACTIVATIONS[head_activation](),
                                   nn.Linear(transformer_hidden_dim, num_classes))
 
     def encode(self, input_ids: Tensor, mask: Tensor) -> Tensor:

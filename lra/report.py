@@ -34,8 +34,9 @@ ATTENTION_ORDER = ("softmax", "hrr-individual", "hrr-bundled", "hrr-quadratic", 
 BASELINE = "softmax"
 PARENT_TAG = "lra.sweep_parent"  # as lra.sweep.PARENT_TAG (not imported: --help stays light)
 SEED_KEY = "training.seed"
-# Params that do not change what was trained: where files went, the sweep's bookkeeping, the run's own key.
-IGNORED_PREFIXES = ("sweep.", "tracking.", "checkpoint.", "data.root", "data.source", "run_key")
+# Params that do not change what was trained: where files went, the sweep's bookkeeping, the run's own key, the
+# paper figures an experiment profile carries (lra/published.py).
+IGNORED_PREFIXES = ("sweep.", "tracking.", "checkpoint.", "data.root", "data.source", "run_key", "published.")
 COLUMNS = ("task", "row", "attention", "config", "runs", "seeds", "test_accuracy_mean", "test_accuracy_std",
            "test_accuracy_ratio", "samples_per_second", "samples_per_second_ratio", "memory_mb", "memory_mb_ratio",
            "memory_measure", "sweep_ids")
@@ -449,7 +450,11 @@ def make_report(client: Any, *, experiments: Sequence[str] = (), sweep_id: Optio
     rows = build_rows(runs)
     out.mkdir(parents=True, exist_ok=True)
     markdown, table, picture = out / "comparison.md", out / "comparison.csv", out / "comparison.png"
-    markdown.write_text(to_markdown(rows, title, about))
+    from lra.published import published_table, to_markdown as published_markdown
+
+    published = published_table(runs)  # experiments' paper figures beside ours (lra/published.py)
+    markdown.write_text(to_markdown(rows, title, about)
+                        + ("\n" + published_markdown(published) if published else ""))
     write_csv(rows, table)
     files = [markdown, table]
     if rows:
@@ -457,6 +462,9 @@ def make_report(client: Any, *, experiments: Sequence[str] = (), sweep_id: Optio
         if problems:
             print("warning: the plot clips " + "; ".join(problems), file=sys.stderr)
         files.append(picture)
+    from lra.pareto import report_front  # a multi-objective sweep's front: pareto.md, pareto.png (lra/pareto.py)
+
+    files += report_front(runs, out)
     if log_to_parent and rows:
         for run_id in parent_runs(client, runs, sweep_id):
             for path in files:
@@ -526,7 +534,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not rows:
         print("no FINISHED runs with a test_accuracy match the selection", file=sys.stderr)
         return 1
-    print(to_markdown(rows, f"Comparison: {name}", about))
+    print(files[0].read_text())
+    print("".join(path.read_text() for path in files if path.name == "pareto.md"), end="")
     print("wrote " + ", ".join(str(path) for path in files))
     return 0
 

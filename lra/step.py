@@ -3,17 +3,27 @@
 A batch of `training.batch_size` samples is split into chunks of at most `gpu_memory.<attention>` samples.
 Each chunk's mean loss is weighted by its share of the batch (n_chunk / n_batch), so the accumulated gradient
 is the full-batch mean gradient even when the last chunk is smaller; one optimiser step follows per batch.
+
+Under several processes (`lra.distributed`) each rank holds its share of the global batch and weights each
+chunk by its share of the GLOBAL batch (n_chunk / n_global); the gradients are all-reduced as a sum once per
+step, in the backward of the rank's last chunk (DistributedDataParallel's `no_sync` on the others), so the
+update equals the one-process update whatever the world size, uneven shares included. A rank whose share is
+empty still joins that all-reduce, with a zero-weighted forward of a one-token dummy sample. The loss and
+accuracy sums are all-reduced too, so every rank returns the global batch's figures and every rank takes the
+same decision on a non-finite loss. With fp16, the GradScaler unscales, steps and updates once per batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lra.distributed import Distributed
 
 Batch = dict[str, torch.Tensor]
 
@@ -71,6 +81,23 @@ def _forward(model: nn.Module, chunk: Batch) -> torch.Tensor:
     return model(chunk["input_ids"], chunk["mask"], chunk.get("input_ids_2"), chunk.get("mask_2"))
 
 
+def dummy_batch(like: Batch) -> Batch:
+    """One sample of one real token (id 1, label 0) with `like`'s keys, dtypes and device: the input of the
+    zero-weighted forward of a rank whose share of a batch is empty."""
+    out = {}
+    for key, value in like.items():
+        if key.startswith(("mask", "input_ids")):
+            out[key] = torch.ones(1, 1, dtype=value.dtype, device=value.device)
+        else:
+            out[key] = torch.zeros(1, *value.shape[1:], dtype=value.dtype, device=value.device)
+    return out
+
+
+def _no_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """DistributedDataParallel's `no_sync` unless this backward is the one that all-reduces."""
+    return contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
+
+
 def train_step(
     model: nn.Module,
     batch: Batch,
@@ -82,23 +109,36 @@ def train_step(
     grad_clip: float = 0.0,
     label_smoothing: float = 0.0,
     poison_loss: bool = False,
+    dist: Optional[Distributed] = None,
+    global_size: Optional[int] = None,
 ) -> StepStats:
     """One optimiser update from one batch, accumulated over chunks. Returns the full-batch loss and accuracy.
-    `poison_loss` turns the loss into NaN (a testing aid for the divergence path)."""
+    `poison_loss` turns the loss into NaN (a testing aid for the divergence path).
+    Several processes: `model` is `lra.distributed.wrap`'s, `batch` this rank's share, `global_size` the
+    number of samples in the global batch (default: this batch's), `dist` this process's context."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    n_batch = batch["labels"].shape[0]
+    n_batch = global_size if global_size is not None else batch["labels"].shape[0]
+    chunks = list(split_batch(batch, chunk_size))
+    weight_one = 1.0
+    if not chunks and dist is not None and dist.active:  # an empty share still joins the all-reduce
+        chunks, weight_one = [dummy_batch(batch)], 0.0
     stats = StepStats()
-    for chunk in split_batch(batch, chunk_size):
+    for i, chunk in enumerate(chunks):
         labels = chunk["labels"]
-        with autocast:
-            logits = _forward(model, chunk)  # (b, num_classes)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
-        if poison_loss:
-            loss = loss * float("nan")
-        scaler.scale(loss * (labels.shape[0] / n_batch)).backward()
-        stats.add(StepStats(loss.item() * labels.shape[0], int((logits.argmax(-1) == labels).sum()),
-                            labels.shape[0]))
+        with _no_sync(model, sync=i == len(chunks) - 1):  # forward and backward: DDP prepares in forward
+            with autocast:
+                logits = _forward(model, chunk)  # (b, num_classes)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            if poison_loss:
+                loss = loss * float("nan")
+            scaler.scale(loss * (weight_one * labels.shape[0] / n_batch)).backward()
+        if weight_one:
+            stats.add(StepStats(loss.item() * labels.shape[0], int((logits.argmax(-1) == labels).sum()),
+                                labels.shape[0]))
+    if dist is not None and dist.active:
+        loss_sum, correct, count = dist.all_reduce_sum([stats.loss_sum, stats.correct, stats.count])
+        stats = StepStats(loss_sum, int(correct), int(count))
     if not torch.isfinite(torch.tensor(stats.loss_sum)):
         optimizer.zero_grad(set_to_none=True)
         return stats  # the caller ends the run FAILED; no update from a diverged loss
@@ -114,7 +154,8 @@ def train_step(
 def eval_step(
     model: nn.Module, batch: Batch, *, chunk_size: int, autocast: contextlib.AbstractContextManager
 ) -> StepStats:
-    """Loss sum and correct count of one batch in eval mode, chunked like training."""
+    """Loss sum and correct count of one batch in eval mode, chunked like training (this process only;
+    `evaluate_batches` sums over ranks)."""
     model.eval()
     stats = StepStats()
     for chunk in split_batch(batch, chunk_size):
@@ -123,4 +164,21 @@ def eval_step(
             logits = _forward(model, chunk)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         stats.add(StepStats(loss.item(), int((logits.argmax(-1) == labels).sum()), labels.shape[0]))
+    return stats
+
+
+def evaluate_batches(model: nn.Module, batches: Iterable[Batch], *, chunk_size: int,
+                     autocast: contextlib.AbstractContextManager, device: torch.device,
+                     dist: Optional[Distributed] = None) -> StepStats:
+    """Loss and accuracy over `batches` (this rank's shares, `lra.batches.iterate_batches(..., shard=...)`),
+    summed over ranks once at the end: every sample counted once whatever the world size."""
+    model = getattr(model, "module", model)  # the plain model: an evaluation never waits for the other ranks
+    stats = StepStats()
+    for batch in batches:
+        if batch["labels"].shape[0]:
+            batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+            stats.add(eval_step(model, batch, chunk_size=chunk_size, autocast=autocast))
+    if dist is not None and dist.active:
+        loss_sum, correct, count = dist.all_reduce_sum([stats.loss_sum, stats.correct, stats.count])
+        stats = StepStats(loss_sum, int(correct), int(count))
     return stats

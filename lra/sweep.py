@@ -16,6 +16,8 @@ reused, so a resumed Optuna study keeps one parent.
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import logging
 import os
 import re
@@ -31,20 +33,47 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lra.errors import ConfigError
+from lra.stores import LOCK_TIMEOUT_S, check_tracking_store, redact, sqlite_path
+
 log = logging.getLogger(__name__)
 
 ENV_SWEEP_ID = "LRA_SWEEP_ID"
 ENV_PARENT_RUN_ID = "LRA_SWEEP_PARENT_RUN_ID"
 PARENT_TAG = "lra.sweep_parent"  # "true" on a sweep's parent run; job runs lack it
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+WAIT_POLL_S = 5.0  # how often a grid job waiting for another process's run of its config looks again
+
+_stop_signal: Optional[int] = None  # the SIGINT/SIGTERM that stopped this sweep, recorded by the handler
 
 
 def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def redact(text: str) -> str:
-    """`text` with the passwords of URLs (`scheme://user:password@host`) replaced by ***."""
-    return re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", text)
+def grid_sweep_id(config: DictConfig) -> str:
+    """`<config name>-<8 hex>`: a hash of the composed config (unresolved, hydra node excluded), the command
+    line's overrides and the sweep's parameters, so the same grid command run again finds its earlier sweep."""
+    content = OmegaConf.to_container(config, resolve=False)
+    content.pop("hydra", None)
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    identity = {"config": content,
+                "overrides": list(OmegaConf.select(config, "hydra.overrides.task", default=None) or []),
+                "params": OmegaConf.to_container(params, resolve=False) if OmegaConf.is_config(params) else params}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    name = str(OmegaConf.select(config, "hydra.job.config_name", default=None) or "config")
+    return f"{'grid' if name == 'config' else name}-{digest}"
+
+
+def sweep_id_of(config: DictConfig) -> str:
+    """The sweep's id (see the module doc for the order)."""
+    given = (OmegaConf.select(config, "sweep.id", default=None)
+             or OmegaConf.select(config, "hydra.sweeper.study_name", default=None))
+    if given:
+        return str(given)
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) == BASIC_SWEEPER:
+        return grid_sweep_id(config)
+    return new_sweep_id()
 
 
 def tracking_uri_of(cfg: DictConfig) -> str:
@@ -105,16 +134,134 @@ def fail_orphan_runs(tracking_uri: str, experiment: str, study_name: str, trial_
     return len(runs)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    """Record the stop signal and end the sweep: `Interrupted` is a SystemExit (130 / 143, no traceback) that
+    the sweepers and `train()` treat as an interruption (trials FAIL, runs KILLED)."""
+    from lra.interrupt import Interrupted
+
+    global _stop_signal
+    _stop_signal = int(signum)
+    raise Interrupted(signum, 0)
+
+
 def interrupt_on_sigterm() -> Any:
-    """Turn SIGTERM (kill, scancel) into KeyboardInterrupt, so a sweep ends its running trials FAIL and its
-    parent run FAILED instead of leaving them RUNNING; returns the previous handler (None off the main thread)."""
+    """Turn SIGTERM (kill, scancel) and SIGINT (Ctrl-C) into `Interrupted`, so a sweep ends its running trials
+    FAIL and its parent run KILLED instead of leaving them RUNNING; returns the previous SIGTERM handler (None
+    off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None
+    signal.signal(signal.SIGINT, _interrupt)
+    return signal.signal(signal.SIGTERM, _interrupt)
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
 
-    return signal.signal(signal.SIGTERM, interrupt)
+def record_stop_signals() -> None:
+    """Wrap the Python handlers now installed for SIGINT and SIGTERM (a sweeper's own, which raise
+    KeyboardInterrupt) so that the signal is recorded for the parent run before they run."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(signum)
+        if not callable(current) or current is _interrupt or getattr(current, "lra_records", False):
+            continue
+
+        def recording(number: int, frame: Any, handler: Any = current) -> Any:
+            global _stop_signal
+            _stop_signal = int(number)
+            return handler(number, frame)
+
+        recording.lra_records = True  # type: ignore[attr-defined]
+        signal.signal(signum, recording)
+
+
+def stopped_by_signal() -> Optional[int]:
+    """The SIGINT/SIGTERM that stopped this sweep process, if one did: recorded by `interrupt_on_sigterm`'s
+    handler, or (at exit) read from an uncaught KeyboardInterrupt, which a sweeper's own handler may raise
+    (`KeyboardInterrupt("signal 15")`)."""
+    if _stop_signal is not None:
+        return _stop_signal
+    uncaught = getattr(sys, "last_value", None)  # set before atexit hooks run
+    if isinstance(uncaught, KeyboardInterrupt):
+        found = re.search(r"signal (\d+)", str(uncaught))
+        return int(found.group(1)) if found else int(signal.SIGINT)
+    return None
+
+
+def trained_elsewhere(folder: Path) -> Optional[str]:
+    """Who holds the lock of checkpoint folder `folder` (a process training that config), or None when free.
+    The lock is an OS file lock (`.lock`, taken by `CheckpointStore.acquire`) that dies with its process."""
+    lock_file = folder / ".lock"
+    if not lock_file.exists():
+        return None
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_file))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            owner = json.loads((folder / "owner.json").read_text())
+            return f"process {owner['pid']} on {owner['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+    lock.release()
+    return None
+
+
+def _wait_while_trained_elsewhere(folder: Path) -> None:
+    said = False
+    while (owner := trained_elsewhere(folder)) is not None:
+        if not said:
+            print(f"this config is being trained by {owner} ({folder}); waiting for it to end", file=sys.stderr,
+                  flush=True)
+            said = True
+        time.sleep(WAIT_POLL_S)
+
+
+def finished_run(client: Any, experiment_id: str, sweep_id: str, key: str) -> Optional[Any]:
+    """The newest FINISHED job run of sweep `sweep_id` whose config has run key `key`."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=(f"params.run_key = {_quote(key)} and tags.sweep_id = {_quote(sweep_id)} "
+                       "and attributes.status = 'FINISHED'"),
+        order_by=["attributes.end_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def run_metrics(client: Any, run: Any) -> dict[str, float]:
+    """What `train()` returned for a FINISHED run: its final metrics, with eval_accuracy and eval_loss those
+    of the best-dev epoch (the first epoch with the highest dev accuracy, as training keeps it)."""
+    metrics = {key: float(value) for key, value in run.data.metrics.items()}
+    accuracy = client.get_metric_history(run.info.run_id, "eval_accuracy")
+    losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval_loss")}
+    if accuracy:
+        best = max(accuracy, key=lambda m: (m.value, -m.step))
+        metrics["eval_accuracy"] = float(metrics.get("best_eval_accuracy", best.value))
+        if best.step in losses:
+            metrics["eval_loss"] = float(losses[best.step])
+    return metrics
+
+
+def completed_metrics(cfg: DictConfig, store: Any) -> Optional[dict[str, float]]:
+    """For a job of a grid sweep run again: the metrics of the sweep's FINISHED run of this config (no new run),
+    else None (train it). Waits first while another process trains the config (a job of the earlier command
+    still running). Only for grid jobs (`sweep.id` set, no Optuna trial) with `checkpoint.resume` true;
+    `store` is the config's `lra.checkpoint.CheckpointStore`. The caller takes the store's lock afterwards."""
+    if not cfg.sweep.id or cfg.sweep.trial_number is not None or not cfg.checkpoint.resume:
+        return None
+    _wait_while_trained_elsewhere(Path(store.folder))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri_of(cfg))
+    experiment = client.get_experiment_by_name(experiment_of(cfg))
+    if experiment is None:
+        return None
+    run = finished_run(client, experiment.experiment_id, str(cfg.sweep.id), store.folder.name)
+    if run is None:
+        return None
+    metrics = run_metrics(client, run)
+    print(f"already completed in this sweep: MLflow run {run.info.run_id} (config {store.folder.name}); "
+          f"not trained again (checkpoint.resume=false trains it anew)", flush=True)
+    return metrics
 
 
 class SweepRunCallback(Callback):
@@ -126,21 +273,27 @@ class SweepRunCallback(Callback):
         self.sweep_id: Optional[str] = None
         self.experiment_id: Optional[str] = None
         self.owned = False  # False when the parent was handed in through $LRA_SWEEP_PARENT_RUN_ID
+        self.pid: Optional[int] = None  # the sweeper's process
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
-        sweep_id = (OmegaConf.select(config, "sweep.id", default=None)
-                    or OmegaConf.select(config, "hydra.sweeper.study_name", default=None) or new_sweep_id())
-        self.sweep_id = str(sweep_id)
-        self.client = MlflowClient(tracking_uri_of(config))
+        self.sweep_id, self.pid = sweep_id_of(config), os.getpid()
+        uri = tracking_uri_of(config)
+        try:  # the store's schema is made here, once, before any job can race to make it; a local sqlite file
+            # may wait for another sweep's migration under the creation lock, a server must answer at once
+            check_tracking_store(uri, **({"timeout": LOCK_TIMEOUT_S} if sqlite_path(uri) else {}))
+        except ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+        self.client = MlflowClient(uri)
         self.experiment_id = ensure_experiment(self.client, experiment_of(config))
         given = OmegaConf.select(config, "sweep.parent_run_id", default=None)
         if given:
             self.run_id, self.owned = str(given), False
         else:
             self.run_id, self.owned = self._open_parent(config), True
-            atexit.register(self._finish, "FAILED")
+            atexit.register(self._finish_at_exit)
         os.environ[ENV_SWEEP_ID] = self.sweep_id
         os.environ[ENV_PARENT_RUN_ID] = self.run_id
         interrupt_on_sigterm()
@@ -148,8 +301,8 @@ class SweepRunCallback(Callback):
 
     def _open_parent(self, config: DictConfig) -> str:
         parent = find_parent_run(self.client, self.experiment_id, self.sweep_id)
-        if parent is not None:  # a resumed sweep (same study name): keep its one parent
-            self.client.update_run(parent.info.run_id, status="RUNNING")
+        if parent is not None:  # a resumed sweep (same study name, same grid command): keep its one parent
+            self._reopen(parent)
             return parent.info.run_id
         tags = {"sweep_id": self.sweep_id, PARENT_TAG: "true", "task": str(OmegaConf.select(config, "task")),
                 "sweep.command": redact(" ".join(sys.argv))[:5000],
@@ -159,25 +312,47 @@ class SweepRunCallback(Callback):
         first = find_parent_run(self.client, self.experiment_id, self.sweep_id)
         if first is not None and first.info.run_id != mine:  # another worker of this study created it first
             self.client.delete_run(mine)
-            self.client.update_run(first.info.run_id, status="RUNNING")
+            self._reopen(first)
             return first.info.run_id
         return mine
+
+    def _reopen(self, parent: Any) -> None:
+        for key in ("interrupted", "interrupt_signal"):
+            if key in parent.data.tags:
+                self.client.delete_tag(parent.info.run_id, key)
+        self.client.update_run(parent.info.run_id, status="RUNNING")
+        log.info("sweep %s: continuing its parent run %s (was %s)", self.sweep_id, parent.info.run_id,
+                 parent.info.status)
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.pid == os.getpid():  # a job in the sweeper's process: the sweeper's handlers are in place now
+            record_stop_signals()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir", default=".")))
         if self.owned and (sweep_dir / "multirun.yaml").is_file():
             try:
-                self.client.log_artifact(self.run_id, str(sweep_dir / "multirun.yaml"))
+                self.client.log_text(self.run_id, redact((sweep_dir / "multirun.yaml").read_text()),
+                                     "multirun.yaml")
             except Exception as error:  # noqa: BLE001 - an artifact store problem must not fail the sweep
                 log.warning("could not log multirun.yaml to the parent run: %s", error)
         self._finish("FINISHED")
 
-    def _finish(self, status: str) -> None:
+    def _finish_at_exit(self) -> None:
+        """The sweep raised: KILLED when a stop signal ended it, else FAILED."""
+        signum = stopped_by_signal()
+        self._finish("FAILED" if signum is None else "KILLED",
+                     {} if signum is None else {"interrupted": "true",
+                                                "interrupt_signal": signal.Signals(signum).name})
+
+    def _finish(self, status: str, tags: Optional[dict[str, str]] = None) -> None:
         if not self.owned or self.run_id is None:
             return
         run_id, self.run_id = self.run_id, None
-        atexit.unregister(self._finish)
+        atexit.unregister(self._finish_at_exit)
         try:
+            for key, value in (tags or {}).items():
+                self.client.set_tag(run_id, key, value)
             counts = Counter(run.info.status for run in child_runs(self.client, [self.experiment_id],
                                                                     self.sweep_id))
             for state in ("FINISHED", "FAILED", "KILLED", "RUNNING"):

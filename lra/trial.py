@@ -6,38 +6,20 @@ reports to it after every evaluation and asks the study's pruner whether to stop
 trial its final state (COMPLETE, PRUNED or FAIL) once the job returns.
 
 The pruner is not part of the job's config: the sweeper stores its spec in the study's user attributes
-(`PRUNER_ATTR`), so that every job of a study, on any machine, prunes with the same rule.
+(`PRUNER_ATTR`), so that every job of a study, on any machine, prunes with the same rule. A study with several
+objectives is never pruned (Optuna cannot): its jobs only link their MLflow run to the trial.
+
+`finished_values` reads a trial's objective values back from its job's FINISHED MLflow run, so a sweeper that
+reopens a study after a kill tells such a trial COMPLETE instead of FAIL.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
-PRUNER_ATTR = "lra_pruner"  # study user attribute: {"_target_": "optuna.pruners.MedianPruner", ...}
-RUN_ID_ATTR = "mlflow_run_id"  # trial user attribute: the MLflow run of the job that ran the trial
-SQLITE_TIMEOUT_S = 60  # parallel workers share one sqlite file; wait for its lock instead of failing
-
-
-def make_storage(url: str) -> Any:
-    """An Optuna storage from a URL: any SQLAlchemy URL (`sqlite:///...`, `postgresql://...`) is an RDB
-    storage; anything else is the path of a journal file (`JournalFileBackend`, for NFS without a database)."""
-    import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    if "://" not in url:
-        return JournalStorage(JournalFileBackend(url))
-    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
-    for attempt in range(5):  # workers that start together race to create the tables of a new storage
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except Exception:  # noqa: BLE001 - IntegrityError on alembic_version, or a locked sqlite file
-            if attempt == 4:
-                raise
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
+from hydra_plugins.lra_optuna_sweeper.storage import PRUNER_ATTR, RUN_ID_ATTR, make_storage  # noqa: F401
 
 
 def make_pruner(spec: Mapping[str, Any] | None) -> Any:
@@ -53,19 +35,21 @@ def make_pruner(spec: Mapping[str, Any] | None) -> Any:
 class TrialReporter:
     """One running trial, opened from the job: `report(epoch, value)` returns True when the job should stop."""
 
-    def __init__(self, trial: Any) -> None:
+    def __init__(self, trial: Any, objectives: int = 1) -> None:
         self.trial = trial
         self.number: int = trial.number
+        self.prunable = objectives == 1  # Optuna has no intermediate values for several objectives
         self._run_id_recorded = False
 
     def report(self, step: int, value: float) -> bool:
         """Report `value` (the optimised metric) at `step` (the epoch) and return the pruner's verdict.
 
-        A non-finite value is not reported (the trainer raises for it anyway) and never prunes.
+        A non-finite value is not reported (the trainer raises for it anyway) and never prunes; nothing is
+        reported in a study with several objectives.
         """
         self._record_run_id()
         value = float(value)
-        if not math.isfinite(value):
+        if not self.prunable or not math.isfinite(value):
             return False
         self.trial.report(value, step)
         return bool(self.trial.should_prune())
@@ -103,4 +87,34 @@ def open_trial(sweep: Mapping[str, Any]) -> TrialReporter | None:
         study_name=str(study_name), storage=storage, pruner=pruner, sampler=optuna.samplers.RandomSampler()
     )
     trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(number))
-    return TrialReporter(optuna.trial.Trial(study, trial_id))
+    return TrialReporter(optuna.trial.Trial(study, trial_id), objectives=len(study.directions))
+
+
+def run_values(client: Any, run: Any, objectives: Sequence[str]) -> Optional[list[float]]:
+    """What `lra.train.train` returned for `objectives`, read from its FINISHED run (None if one is missing):
+    eval_* are the best-dev epoch's values, the others the final ones (`lra.sweep.run_metrics`)."""
+    from lra.sweep import run_metrics
+
+    metrics = run_metrics(client, run)
+    values = [metrics.get(name) for name in objectives]
+    if any(value is None or not math.isfinite(value) for value in values):
+        return None
+    return [float(value) for value in values]
+
+
+def finished_values(tracking_uri: str, experiment: str, study_name: str, number: int,
+                    objectives: Sequence[str]) -> Optional[list[float]]:
+    """The objective values of trial `number` of `study_name` if its job's MLflow run FINISHED, else None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    name = study_name.replace("'", "\\'")
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=(f"tags.optuna_trial = '{int(number)}' and params.`sweep.study_name` = '{name}' "
+                       "and attributes.status = 'FINISHED'"),
+        order_by=["attributes.end_time DESC"])
+    return run_values(client, runs[0], objectives) if runs else None

@@ -40,7 +40,7 @@ PARENT_TAG = "lra.sweep_parent"  # as lra.sweep.PARENT_TAG (not imported: lra.sw
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow UI's saved views (experiment tags)
 HEALTH_TIMEOUT_S = 180.0
 # Params that say nothing about how a run differs from another (paths, bookkeeping, the sweep itself).
-IGNORED_PARAM_PREFIXES = ("sweep.", "tracking.", "checkpoint.", "run_key", "data.root", "data.source")
+IGNORED_PARAM_PREFIXES = ("sweep.", "tracking.", "checkpoint.", "run_key", "data.root", "data.source", "published.")
 # In this order from the left (after the run's name); the process's RSS (`peak_memory_mb`) only for GPU runs,
 # where it is the allocator's peak.
 BASE_COLUMNS = (("tags", "attention"), ("metrics", "test_accuracy"), ("metrics", "eval_accuracy"),

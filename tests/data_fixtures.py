@@ -119,10 +119,10 @@ def metadata_line(batch: int, index: int, label: int, contour_length: int = 14) 
 
 
 def write_pathfinder(folder: Path, difficulty_dir: str, batches: dict[int, list[tuple[int, bytes]]],
-                     metadata_text: dict[int, str] | None = None) -> Path:
+                     metadata_text: dict[int, str] | None = None, release_dir: str = "pathfinder32") -> Path:
     """pathfinder32/<difficulty_dir>/metadata/<k>.npy and imgs/<k>/sample_<i>.png from {k: [(label, png), ...]};
     `metadata_text` replaces the generated metadata of batch k by the given text."""
-    root = folder / "pathfinder32"
+    root = folder / release_dir  # pathfinder32, pathfinder64 or pathfinder128 (Path-X)
     base = root / difficulty_dir
     (base / "metadata").mkdir(parents=True, exist_ok=True)
     for batch, images in batches.items():

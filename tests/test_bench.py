@@ -12,7 +12,7 @@ import torch
 from lra.attention import ATTENTIONS
 from lra.bench.__main__ import main
 from lra.bench.attention import parse_candidate
-from lra.bench.budget import auto_chunk_size, full_length_batch, probe_chunk_size
+from lra.chunking import auto_chunk_size, full_length_batch, probe_chunk_size
 from lra.bench.measure import peak_memory
 from lra.errors import ConfigError
 from lra.model import LRAClassifier
@@ -156,3 +156,96 @@ def test_help():
     with pytest.raises(SystemExit) as exit_:
         main(["attention", "--help"])
     assert exit_.value.code == 0
+
+
+def _result(times: dict[str, list[float]], memory: float = 1e6) -> dict:
+    rows = [{"mechanism": m, "T": 64, "times_s": t, "time_median_s": sorted(t)[len(t) // 2],
+             "peak_memory_bytes": memory} for m, t in times.items()]
+    return {"benchmark": "attention", "results": rows, "setup": {}, "environment": {}}
+
+
+def test_compare_calls_a_change_only_beyond_the_rounds_noise():
+    from lra.bench.history import IMPROVED, REGRESSED, SAME, compare, spread
+
+    assert spread([1.0, 1.1, 1.2]) == pytest.approx(0.1 / 1.1)  # quartiles 1.05 and 1.15
+    assert spread([1.0, 1.0, 1.0, 1.0, 9.0]) == 0.0  # one stray round does not widen the band
+    old = _result({"a": [1.0, 1.0, 1.0], "b": [0.9, 1.0, 1.3], "c": [1.0, 1.0, 1.0], "gone": [1.0]})
+    new = _result({"a": [1.5, 1.5, 1.5], "b": [1.1, 1.1, 1.1], "c": [0.5, 0.5, 0.5], "new": [1.0]}, memory=2e6)
+    verdicts = {v.figure: v.verdict for v in compare(old, new, tolerance=0.05)}
+    assert verdicts["time a T=64"] == REGRESSED  # +50% where neither run varied
+    assert verdicts["time b T=64"] == SAME  # +10% within the saved run's 20% spread
+    assert verdicts["time c T=64"] == IMPROVED
+    assert verdicts["memory a T=64"] == REGRESSED  # twice the memory
+    assert verdicts["new T=64"] == "NEW" and verdicts["gone T=64"] == "GONE"
+
+
+def test_save_then_compare_marks_every_figure_and_fails_on_a_regression(tmp_path, capsys):
+    common = ["attention", "--lengths", "16", "--repeats", "3", "--warmup", "0", "--heads", "2", "--head-dim", "8",
+              "--threads", "1", "--matmul-size", "64", "--mechanisms", "softmax", "tpr",
+              "--results-dir", str(tmp_path / "results")]
+    assert main([*common, "--save", "base"]) == 0
+    saved = tmp_path / "results" / "base.json"
+    result = json.loads(saved.read_text())
+    for r in result["results"]:  # FLOPs and the GEMM fraction beside each time
+        assert r["flops"] > 0 and 0 < r["gemm_fraction"] and r["flops_per_s"] == r["flops"] / r["time_median_s"]
+    assert result["results"][0]["flops"] == 12 * 2 * 16**2 * 8  # softmax: 12·B·h·T²·H
+    assert "of GEMM rate" in capsys.readouterr().out
+
+    for r in result["results"]:  # a saved run 100 times faster than any machine: the new run REGRESSED
+        r["times_s"] = [t / 100 for t in r["times_s"]]
+        r["time_median_s"] /= 100
+    (tmp_path / "results" / "fast.json").write_text(json.dumps(result))
+    assert main([*common, "--compare", "fast"]) == 0  # reported, not failed
+    printed = capsys.readouterr().out
+    assert "| time softmax T=16 |" in printed and "REGRESSED" in printed
+    assert main([*common, "--compare", "fast", "--fail-on-regression"]) == 1
+    assert "REGRESSED against fast" in capsys.readouterr().err
+
+
+def test_compare_with_a_missing_result_fails_before_measuring(tmp_path, capsys):
+    assert main(["attention", "--lengths", "16", "--compare", "nothing", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --compare='nothing': no saved result") and "fix: save one first" in err
+    assert main(["attention", "--lengths", "16", "--save", "../x"]) == 2
+    assert main(["attention", "--lengths", "16", "--fail-on-regression"]) == 2
+
+
+def test_gpu_command_says_nothing_ran_without_a_gpu(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: `python -m lra.bench gpu` runs for real there")
+    assert main(["gpu"]) == 2
+    assert "error: gpu='cuda': no CUDA device is visible to torch: nothing was run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_gpu_tests_report_each_outcome():
+    """The GPU tests run in pytest and come back one row each (skipped with the reason on a CPU machine)."""
+    from lra.bench.gpu import gpu_table, parse_junit, run_tests
+
+    rows = run_tests()
+    assert len(rows) >= 8 and {r["test"] for r in rows} >= {"test_fp16_scaler_steps_once_per_batch_across_chunks",
+                                                            "test_ddp_over_nccl_on_one_gpu_makes_the_one_process_update"}
+    if not torch.cuda.is_available():
+        assert {r["outcome"] for r in rows} == {"skipped"}
+        assert all("no CUDA device" in r["detail"] for r in rows)
+    failing = parse_junit('<testsuite><testcase name="t"><failure message="boom">x</failure></testcase></testsuite>')
+    assert failing == [{"test": "t", "outcome": "failed", "detail": "boom"}]
+    table = gpu_table({"gpu": "G", "torch": "2", "cuda": "12", "tests": failing,
+                       "attention": {"setup": {"matmul_size": 2048}, "results": []},
+                       "step": {"setup": {"batch_size": 8, "precision": "fp32"}, "results": []}})
+    assert "| test t | failed | boom |" in table
+
+
+@pytest.mark.slow
+def test_gpu_check_plumbing_on_the_cpu(tmp_path):
+    """What `python -m lra.bench gpu` runs after the tests, tried on the CPU at toy sizes: both benchmarks come
+    back as one table with every mechanism's FLOP rate and every step figure."""
+    from lra.bench.gpu import gpu_table, run_gpu_check
+
+    result = run_gpu_check(lengths=[16], task="listops-small", repeats=1, warmup=0, tests=False, device="cpu",
+                           overrides=[f"data.root={tmp_path / 'data'}", *TINY_MODEL], heads=2, head_dim=8,
+                           matmul_size=64, log=lambda m: None)
+    table = gpu_table(result)
+    for name in ATTENTIONS:
+        assert f"| attention {name} T=16 | measured |" in table and f"| step {name} chunk=8 | measured |" in table
+    assert "of GEMM rate" in table

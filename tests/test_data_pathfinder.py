@@ -108,3 +108,26 @@ def test_release_missing_difficulty(tmp_path):
     splits = load_splits(data_cfg("pathfinder", tmp_path / "data", tmp_path, difficulty="easy"),
                          {"train": 8, "dev": 1, "test": 1})
     assert len(splits["train"]) == 8
+
+
+@pytest.mark.parametrize("task, size", [("pathfinder64", 64), ("pathfinder128", 128)])
+def test_pathfinder64_and_path_x_from_the_release_layout(tmp_path, task, size):
+    """lra_release/pathfinder{64,128}/<curv_*>/{metadata,imgs}: the task's data node reads them at full length."""
+    from lra.data.tasks import task_preset
+
+    images = [(i % 2, png_bytes(picture(i + 1, size))) for i in range(10)]
+    write_pathfinder(tmp_path / "lra_release" / "lra_release", "curv_contour_length_14", {0: images},
+                     release_dir=f"pathfinder{size}")
+    preset = task_preset(task)
+    assert preset["model"]["max_seq_len"] == size * size and preset["data"]["resolution"] == size
+    cfg = {**preset["data"], "root": str(tmp_path / "data"), "source": str(tmp_path / "lra_release")}
+    splits = load_splits(cfg, {"train": 8, "dev": 1, "test": 1})
+    rows = {int(r[0]) - 1: r for s in splits.values() for r in np.asarray(s.tokens)}
+    assert sorted(rows) == list(range(1, 11))
+    for code, row in rows.items():
+        assert row.shape == (size * size,)
+        img = row.reshape(size, size).astype(np.int64) - 1
+        assert img[size - 1, size - 1] == 255 and img[0, 1] == 0
+    wrong = {**cfg, "root": str(tmp_path / "data2"), "resolution": 32}
+    with pytest.raises(ConfigError, match=r"curv_contour_length_14/metadata not found"):
+        load_splits(wrong, {"train": 8, "dev": 1, "test": 1})

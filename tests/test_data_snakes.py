@@ -1,5 +1,6 @@
 """The local Pathfinder generator: paths, markers, balance, determinism, and the generated tasks."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -29,10 +30,12 @@ def distance(snake_a, snake_b) -> float:
     return float(np.sqrt(((a[:, None] - b[None]) ** 2).sum(-1)).min())
 
 
-@pytest.mark.parametrize("task", ["pathfinder32-generated", "pathfinder-small"])
-def test_markers_lie_on_one_path_exactly_for_positives(task):
+@pytest.mark.parametrize("task, count", [("pathfinder32-generated", 24), ("pathfinder-small", 24),
+                                         ("pathfinder64-generated", 6), ("pathfinder128-generated", 6)])
+def test_markers_lie_on_one_path_exactly_for_positives(task, count):
     p = params(task)
-    for i in range(24):
+    widest = p.paddle_margin_max or p.paddle_margin
+    for i in range(count):
         label = i % 2
         img, info = snakes.draw_sample(p, label, np.random.default_rng(i))
         assert img.shape == (p.resolution, p.resolution) and img.dtype == np.uint8
@@ -47,7 +50,7 @@ def test_markers_lie_on_one_path_exactly_for_positives(task):
             assert len(snake) == p.contour_length
             for prev, nxt in zip(snake[:-1], snake[1:]):
                 gap = math.hypot(nxt[0] - prev[2], nxt[1] - prev[3])
-                assert 0.5 * p.paddle_margin <= gap <= 2 * p.paddle_margin + 0.5  # dashed: one gap per margin pair
+                assert 0.5 * p.paddle_margin <= gap <= 2 * widest + 0.5  # dashed: one gap per margin pair
                 turn = math.atan2(nxt[2] - nxt[0], nxt[3] - nxt[1]) - math.atan2(prev[2] - prev[0], prev[3] - prev[1])
                 assert abs((turn + math.pi) % (2 * math.pi) - math.pi) <= math.pi / 2 / p.continuity + 1e-6
         everything = info["snakes"] + info["distractors"]
@@ -96,3 +99,43 @@ def test_snakes_that_cannot_fit_are_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.contour_length=40: two target snakes of 40 paddles did not fit "
                                           r"in a 16x16 image"):
         load_splits(cfg, {"train": 2, "dev": 2, "test": 2})
+
+
+def test_path_x_uses_lra_arguments_and_draws_margins_per_image():
+    """LRA's Pathfinder128 arguments; snakes2 draws the margin of each image from paddle_margin_list [2, 3]."""
+    p = params("pathfinder128-generated")
+    assert (p.resolution, p.contour_length, p.paddle_length, p.paddle_thickness, p.marker_radius, p.seed_distance,
+            p.continuity) == (128, 14, 5, 1.5, 3.0, 20, 1.8)
+    assert (p.paddle_margin, p.paddle_margin_max, p.num_distractor_snakes) == (2, 3, 7)
+    gaps = set()
+    for i in range(8):
+        img, info = snakes.draw_sample(p, i % 2, np.random.default_rng(i))
+        assert img.shape == (128, 128)
+        a = info["snakes"][0]
+        gaps.add(round(math.hypot(a[1][0] - a[0][2], a[1][1] - a[0][3])))
+    assert len(gaps) >= 2  # both margins occur
+    p64 = params("pathfinder64-generated")
+    assert (p64.resolution, p64.paddle_thickness, p64.marker_radius, p64.seed_distance, p64.continuity) == \
+        (64, 1.0, 2.5, 12, 1.8)
+
+
+def test_backtracking_keeps_the_snakes_valid_and_leaves_pathfinder32_unchanged():
+    p = params("pathfinder32-generated")
+    assert p.backtrack == 0 and p.paddle_margin_max is None
+    identity = LOADERS["pathfinder-generated"].identity(p, {"train": 1, "dev": 1, "test": 1}, 0)
+    assert "backtrack" not in identity["params"] and "paddle_margin_max" not in identity["params"]
+    p64 = params("pathfinder64-generated")
+    with_backtrack = [snakes.draw_sample(p64, 1, np.random.default_rng(i))[1]["tries"] for i in range(5)]
+    without = dataclasses.replace(p64, backtrack=0)
+    assert "backtrack" in LOADERS["pathfinder-generated"].identity(p64, {"train": 1, "dev": 1, "test": 1}, 0)["params"]
+    with pytest.raises(snakes.SnakesDoNotFit):  # snakes2's restarts alone rarely fit two 14-paddle snakes at 64
+        for i in range(3):
+            snakes.draw_sample(without, 1, np.random.default_rng(i), max_tries=20)
+    assert max(with_backtrack) < 200
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("backtrack", -1, r"must be in 0\.\.1000"), ("paddle_margin_max", 1, "must be null or >= data.paddle_margin")])
+def test_new_generator_parameters_checked(key, value, message):
+    with pytest.raises(ConfigError, match=rf"data\.{key}={value!r}: {message}"):
+        check_data_config({**task_preset("pathfinder128-generated")["data"], key: value})

@@ -1,6 +1,7 @@
 """Prepared arrays and manifests: reuse, re-preparation, no pickles; Split.batch; the `python -m lra.data` CLI."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -32,7 +33,9 @@ def test_manifest_records_and_arrays_are_plain_npy(tmp_path):
     assert manifest["source_fingerprint"] == {"files": 4, "bytes": 15}
     assert len(manifest["source_sha256"]) == 64
     assert manifest["splits"]["train"]["label_histogram"] == {"0": 1, "1": 1}
-    assert manifest["arrays"]["train.tokens"] == {"shape": [2, 8], "dtype": "uint8"}
+    meta = manifest["arrays"]["train.tokens"]
+    assert {key: meta[key] for key in ("shape", "dtype")} == {"shape": [2, 8], "dtype": "uint8"}
+    assert meta["bytes"] == 128 + 16 and len(meta["sha256"]) == 64  # the .npy header, then 2 x 8 bytes
     for npy in folder.glob("*.npy"):
         arr = np.load(npy, allow_pickle=False)  # never an object array
         assert arr.dtype != object
@@ -150,3 +153,151 @@ def test_concurrent_first_use_is_safe(tmp_path):
     assert all(isinstance(r, bytes) for r in results), results
     assert results[0] == results[1] == results[2]
     assert len(list((tmp_path / "listops-generated").iterdir())) == 1  # one folder, no temporary leftovers
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# damaged prepared folders (issue 14, item 8): named, prepared again (generated) or refused (release, no source)
+
+TINY_SIZES = {"train": 40, "dev": 8, "test": 8}
+
+
+def _generated(tmp_path):
+    from lra.data.tasks import task_preset
+
+    cfg = {**task_preset("listops-small")["data"], "root": str(tmp_path / "data")}
+    splits = load_splits(cfg, TINY_SIZES)
+    return cfg, splits, folder_of(tmp_path / "data", "listops-generated")
+
+
+def test_manifest_records_sizes_and_checksums(tmp_path):
+    from lra.data.store import sha256_file
+
+    _, _, folder = _generated(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, meta in manifest["arrays"].items():
+        file = folder / f"{name}.npy"
+        assert meta["bytes"] == file.stat().st_size and meta["sha256"] == sha256_file(file)
+
+
+@pytest.mark.parametrize("content", ["[]", "null", '"text"', '{"format_version": 1}',
+                                     '{"format_version": 1, "arrays": {"train.tokens": [1, 2]}}'])
+def test_manifest_that_is_not_the_expected_object_is_prepared_again(tmp_path, content):
+    from lra.data.store import open_prepared
+
+    cfg, before, folder = _generated(tmp_path)
+    (folder / "manifest.json").write_text(content)
+    reason = open_prepared(folder, {"anything": 1})
+    assert isinstance(reason, str) and str(folder / "manifest.json") in reason
+    after = load_splits(cfg, TINY_SIZES)  # generated data: drawn again, the same samples
+    assert isinstance(json.loads((folder / "manifest.json").read_text()), dict)
+    assert np.array_equal(after["train"].tokens, before["train"].tokens)
+    assert np.array_equal(after["test"].labels, before["test"].labels)
+
+
+def test_release_manifest_that_is_not_an_object_names_the_file(tmp_path):
+    write_imdb(tmp_path, REVIEWS)
+    cfg = data_cfg("text", tmp_path / "data", tmp_path, max_length=8)
+    load_splits(cfg, SIZES)
+    folder = folder_of(tmp_path / "data", "text")
+    (folder / "manifest.json").write_text("[]")
+    with pytest.raises(ConfigError, match=re.escape(str(folder / "manifest.json")) + " holds a JSON list"):
+        load_splits({**cfg, "source": None}, SIZES)
+    assert len(load_splits(cfg, SIZES)["train"]) == 2  # with its source: prepared again
+    assert isinstance(json.loads((folder / "manifest.json").read_text()), dict)
+
+
+def test_array_of_another_size_is_prepared_again(tmp_path):
+    from lra.data.store import open_prepared
+
+    cfg, before, folder = _generated(tmp_path)
+    identity = json.loads((folder / "manifest.json").read_text())["identity"]
+    with open(folder / "train.tokens.npy", "ab") as f:
+        f.write(b"\0" * 64)
+    reason = open_prepared(folder, identity)
+    assert isinstance(reason, str) and "train.tokens.npy has" in reason and "bytes, the manifest says" in reason
+    assert np.array_equal(load_splits(cfg, TINY_SIZES)["train"].tokens, before["train"].tokens)
+    assert isinstance(open_prepared(folder, identity), tuple)
+
+
+def test_changed_array_fails_its_checksum_and_is_prepared_again(tmp_path):
+    from lra.data.store import open_prepared
+
+    cfg, before, folder = _generated(tmp_path)
+    identity = json.loads((folder / "manifest.json").read_text())["identity"]
+    tokens = np.load(folder / "dev.tokens.npy", mmap_mode="r+")
+    tokens[0, 0] = (int(tokens[0, 0]) + 1) % 16  # same size, same shape: only the checksum tells
+    tokens.flush()
+    del tokens
+    reason = open_prepared(folder, identity)
+    assert isinstance(reason, str) and "dev.tokens.npy does not match its checksum" in reason
+    assert np.array_equal(load_splits(cfg, TINY_SIZES)["dev"].tokens, before["dev"].tokens)
+
+
+def test_zeroed_labels_are_noticed_by_the_histogram(tmp_path):
+    """Even where the manifest has no checksums (written before they were recorded), the labels are compared
+    with the manifest's label histograms."""
+    from lra.data.store import open_prepared
+
+    cfg, before, folder = _generated(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for meta in manifest["arrays"].values():
+        del meta["sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert isinstance(open_prepared(folder, manifest["identity"]), tuple)  # intact: accepted
+    labels = np.load(folder / "train.labels.npy", mmap_mode="r+")
+    assert labels.any()
+    labels[:] = 0
+    labels.flush()
+    del labels
+    reason = open_prepared(folder, manifest["identity"])
+    assert isinstance(reason, str) and "train.labels.npy do not match the manifest's histogram" in reason
+    assert np.array_equal(load_splits(cfg, TINY_SIZES)["train"].labels, before["train"].labels)
+
+
+def test_zeroed_labels_in_a_shared_array_are_noticed(tmp_path):
+    """image-digits keeps one `all.labels` array for three splits: compared with the histograms' sum."""
+    from lra.data.store import open_prepared
+
+    cfg = data_cfg("image-digits", tmp_path / "data")
+    load_splits(cfg, SIZES)
+    folder = folder_of(tmp_path / "data", "image-digits")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for meta in manifest["arrays"].values():
+        del meta["sha256"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    labels = np.load(folder / "all.labels.npy", mmap_mode="r+")
+    labels[:5] = 0
+    labels.flush()
+    del labels
+    reason = open_prepared(folder, manifest["identity"])
+    assert isinstance(reason, str) and "all.labels.npy do not match the manifest's histograms" in reason
+
+
+@pytest.mark.slow
+def test_cli_with_damaged_manifests(tmp_path):
+    """The real commands: generated data with a manifest of `[]` are drawn again (exit 0); prepared release data
+    with one, and no source, end in one error line naming the file (exit 2)."""
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "lra.data", *args, "--root", str(tmp_path / "data")],
+                              capture_output=True, text=True, timeout=300)
+
+    generate = ("generate", "listops-small", "--train", "30", "--dev", "5", "--test", "5")
+    assert run(*generate).returncode == 0
+    folder = folder_of(tmp_path / "data", "listops-generated")
+    first = np.load(folder / "train.tokens.npy")
+    (folder / "manifest.json").write_text("[]")
+    result = run(*generate)
+    assert result.returncode == 0, result.stderr
+    assert f"{folder} not used: {folder / 'manifest.json'} holds a JSON list" in result.stderr  # one warning
+    assert isinstance(json.loads((folder / "manifest.json").read_text()), dict)
+    assert np.array_equal(np.load(folder / "train.tokens.npy"), first)
+
+    write_imdb(tmp_path, REVIEWS)
+    assert run("prepare", "text-small", "--source", str(tmp_path / "aclImdb")).returncode == 0
+    text_folder = folder_of(tmp_path / "data", "text")
+    (text_folder / "manifest.json").write_text("[]")
+    result = run("prepare", "text-small")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: data.source=None: no prepared text data"), result.stderr
+    assert str(text_folder / "manifest.json") in lines[0] and "Traceback" not in result.stderr

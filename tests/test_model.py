@@ -174,3 +174,46 @@ def test_sinusoidal_positions_are_fixed():
     model = make(learn_pos_emb=False)
     assert "pos_emb" not in dict(model.named_parameters()) and model.pos_emb.shape == (MAX_LEN, 16)
     assert make(learn_pos_emb=False, pooling_mode="CLS").pos_emb.shape == (MAX_LEN + 1, 16)
+
+
+# ------------------------------------------------------------------ fidelity to the references (issue 13)
+
+def test_head_activation_is_relu_as_lra_and_nystromformer_and_gelu_on_request():
+    """LRA and Nystromformer's SCHead: Linear -> ReLU -> Linear; the Hrrformer's head uses GELU."""
+    default = make()
+    assert [type(m) for m in default.head] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    gelu = make(head_activation="gelu")
+    assert isinstance(gelu.head[1], torch.nn.GELU)
+    with pytest.raises(ConfigError,
+                       match=r"model\.head_activation=.tanh.: unknown activation; fix: use one of: relu, gelu"):
+        make(head_activation="tanh")
+
+
+def test_token_embeddings_start_at_std_002_like_the_learned_positions():
+    """Nystromformer initialises word embeddings N(0, 0.02), as the positions: the position signal is not 50x
+    weaker than the tokens' at the start. `embedding_init_std=None` keeps PyTorch's N(0, 1)."""
+    model = make(vocab_size=400, embedding_dim=256, max_seq_len=400)
+    tokens, positions = model.token_emb.weight.detach(), model.pos_emb.detach()
+    assert abs(tokens.std().item() - 0.02) < 0.001 and abs(tokens.mean().item()) < 0.001
+    assert abs(positions.std().item() - 0.02) < 0.001
+    assert 0.9 < tokens.std().item() / positions.std().item() < 1.1
+    torch_default = make(vocab_size=400, embedding_dim=256, max_seq_len=400, embedding_init_std=None)
+    assert abs(torch_default.token_emb.weight.detach().std().item() - 1.0) < 0.02
+    wider = make(vocab_size=400, embedding_dim=256, max_seq_len=400, embedding_init_std=0.1)
+    assert abs(wider.token_emb.weight.detach().std().item() - 0.1) < 0.005
+
+
+def test_the_config_defaults_are_the_references_choices():
+    from lra.compose import compose_config
+    from lra.config import validate
+    from lra.train import build_model
+
+    cfg = compose_config(["task=listops-small"])
+    assert cfg.model.head_activation == "relu" and cfg.model.embedding_init_std == 0.02
+    torch.manual_seed(0)
+    model = build_model(validate(cfg))
+    assert isinstance(model.head[1], torch.nn.ReLU)
+    assert abs(model.token_emb.weight.detach().std().item() - 0.02) < 0.002
+    gelu = build_model(validate(compose_config(["task=listops-small", "model.head_activation=gelu",
+                                                "model.embedding_init_std=null"])))
+    assert isinstance(gelu.head[1], torch.nn.GELU) and gelu.token_emb.weight.detach().std().item() > 0.9

@@ -71,3 +71,10 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     assert len(ref) == 2 and {m.step for m in resumed_evals} == set(ref)
     for m in resumed_evals:
         assert m.value == pytest.approx(ref[m.step], rel=1e-6)
+    # the per-step logging window is in the checkpoint: no point after the resume covers fewer steps
+    for name in ("train_loss", "train_accuracy"):
+        ref = {m.step: m.value for m in ref_client.get_metric_history(reference.info.run_id, name)}
+        got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, name)}
+        assert set(got) == set(ref), name
+        for step, value in got.items():
+            assert value == pytest.approx(ref[step], rel=1e-6, abs=1e-7), (name, step)

@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # launch.py finds hydra_plugins/ beside it; an in-process test needs the root too
     sys.path.insert(0, str(REPO))
 
+from hydra_plugins.lra_optuna_sweeper._errors import SweeperError  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper._impl import (  # noqa: E402
-    FAIL_REASON_ATTR, HEARTBEAT_ATTR, LraOptunaSweeperImpl, default_direction, outcome)
+    FAIL_REASON_ATTR, HEARTBEAT_ATTR, LraOptunaSweeperImpl, Plan, outcome)
+from hydra_plugins.lra_optuna_sweeper._lra import LraApp, default_direction  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper._space import format_value, parse_search_space  # noqa: E402
-from lra.errors import ConfigError  # noqa: E402
 from lra.sweep import redact  # noqa: E402
 from lra.trial import PRUNER_ATTR, make_storage, open_trial  # noqa: E402
 
@@ -31,25 +32,43 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def test_search_space_uses_the_hydra_optuna_plugin_grammar():
-    space, fixed = parse_search_space([
+    space = parse_search_space([
         "training.learning_rate=tag(log, interval(1e-5, 1e-2))",
         "model.dropout_prob=interval(0.0, 0.3)",
-        "model.num_layers=range(1, 5)",
-        "training.warmup_steps=range(0, 2001, 250)",
+        "model.num_layers=range(1, 4)",
+        "training.warmup_steps=range(0, 2000, 250)",
         "model.head_dim=tag(int, log, interval(8, 64))",
+        "model.embedding_dim=int(interval(16, 64))",
+        "training.batch_size=range(64, 16, -16)",
         "attention=softmax,tpr",
         "training.weight_decay=choice(0.0, 0.01, 0.1)",
         "training.num_epochs=2",
         "training.num_epochs=3",  # the later override wins
     ])
-    assert space["training.learning_rate"] == FloatDistribution(1e-5, 1e-2, log=True)
-    assert space["model.dropout_prob"] == FloatDistribution(0.0, 0.3)
-    assert space["model.num_layers"] == IntDistribution(1, 4)  # range excludes its stop, as in Python
-    assert space["training.warmup_steps"] == IntDistribution(0, 2000, step=250)
-    assert space["model.head_dim"] == IntDistribution(8, 64, log=True)
-    assert space["attention"] == CategoricalDistribution(["softmax", "tpr"])
-    assert space["training.weight_decay"] == CategoricalDistribution([0.0, 0.01, 0.1])
-    assert fixed == {"training.num_epochs": "3"}
+    dists = space.distributions
+    assert dists["training.learning_rate"] == FloatDistribution(1e-5, 1e-2, log=True)
+    assert dists["model.dropout_prob"] == FloatDistribution(0.0, 0.3)
+    assert dists["model.num_layers"] == IntDistribution(1, 4)  # range includes its end, as the plugin samples it
+    assert dists["training.warmup_steps"] == IntDistribution(0, 2000, step=250)
+    assert dists["model.head_dim"] == IntDistribution(8, 64, log=True)
+    assert dists["model.embedding_dim"] == IntDistribution(16, 64)
+    assert dists["training.batch_size"] == IntDistribution(16, 64, step=16)  # a descending range: the same set
+    assert dists["attention"] == CategoricalDistribution(["softmax", "tpr"])
+    assert dists["training.weight_decay"] == CategoricalDistribution([0.0, 0.01, 0.1])
+    assert space.fixed == {"training.num_epochs": "3"}
+
+
+def test_the_command_line_wins_over_params_both_ways():
+    assert parse_search_space(["x=choice(1, 2)", "x=5"]).fixed == {"x": "5"}
+    space = parse_search_space(["x=5", "x=choice(1, 2)"])
+    assert space.fixed == {} and space.distributions == {"x": CategoricalDistribution([1, 2])}
+
+
+def test_a_bad_search_space_is_one_line_naming_the_key():
+    with pytest.raises(SweeperError, match=r"hydra.sweeper.params.x='range\(1, 3, 0\)': the step"):
+        parse_search_space(["x=range(1, 3, 0)"])
+    with pytest.raises(SweeperError, match=r"^y='interval\(1\)': cannot be parsed"):
+        parse_search_space(["x=1", "y=interval(1)"])
 
 
 @pytest.mark.parametrize("value", [None, True, False, 3, -2, 1e-5, 0.1, 2.0, "softmax", "hrr-individual", "true",
@@ -74,7 +93,11 @@ def _ret(status: JobStatus, value):
 
 
 def test_job_outcomes_map_to_trial_states():
-    assert outcome(_ret(JobStatus.COMPLETED, 0.75)) == (TrialState.COMPLETE, 0.75, None)
+    assert outcome(_ret(JobStatus.COMPLETED, 0.75)) == (TrialState.COMPLETE, [0.75], None)
+    assert outcome(_ret(JobStatus.COMPLETED, (0.75, 12)), 2) == (TrialState.COMPLETE, [0.75, 12.0], None)
+    assert outcome(_ret(JobStatus.COMPLETED, 0.75), 2)[0] == TrialState.FAIL  # one value for two objectives
+    assert outcome(_ret(JobStatus.COMPLETED, (0.75, math.nan)), 2)[0] == TrialState.FAIL
+    assert outcome(_ret(JobStatus.COMPLETED, "0.5,1"), 2)[0] == TrialState.FAIL
     assert outcome(_ret(JobStatus.FAILED, optuna.TrialPruned("epoch 1")))[0] == TrialState.PRUNED
     state, value, reason = outcome(_ret(JobStatus.FAILED, RuntimeError("training diverged")))
     assert (state, value) == (TrialState.FAIL, None) and "training diverged" in reason
@@ -108,62 +131,106 @@ def _sweeper(**overrides) -> LraOptunaSweeperImpl:
     return LraOptunaSweeperImpl(**settings)
 
 
+LRA_CONFIG = {"sweep": {"objective": "eval_accuracy"}, "tracking": {"uri": None, "experiment": None}, "task": "t"}
+
+
+def _plan(url: str, name: str = "s", directions=("maximize",), objectives=("eval_accuracy",)) -> Plan:
+    return Plan(parse_search_space(["x=interval(0, 1)"]), list(objectives), list(directions),
+                {"_target_": "optuna.samplers.RandomSampler", "seed": 0}, None, 4, url, name, None)
+
+
 def test_bad_sweeper_settings_name_their_key():
-    with pytest.raises(ConfigError, match="hydra.sweeper.max_failure_rate"):
+    with pytest.raises(SweeperError, match="hydra.sweeper.max_failure_rate"):
         _sweeper(max_failure_rate=1.5)
-    with pytest.raises(ConfigError, match="hydra.sweeper.direction"):
+    with pytest.raises(SweeperError, match="hydra.sweeper.direction"):
         _sweeper(direction="up")
-    with pytest.raises(ConfigError, match="hydra.sweeper.grace_period"):
+    with pytest.raises(SweeperError, match="hydra.sweeper.direction"):
+        _sweeper(direction=["maximize", "sideways"])
+    with pytest.raises(SweeperError, match="hydra.sweeper.grace_period"):
         _sweeper(heartbeat_interval=10.0, grace_period=5.0)
 
 
-def test_unknown_objective_is_refused_before_any_trial():
-    sweeper = _sweeper()
-    sweeper.config = OmegaConf.create({"sweep": {"objective": "accuracy"}})
-    with pytest.raises(ConfigError, match="sweep.objective"):
-        sweeper._objective()
+def test_objectives_and_their_directions_in_an_lra_app():
+    app = LraApp(OmegaConf.create({"sweep": {"objective": ["eval_accuracy", "samples_per_second",
+                                                           "peak_memory_mb"]}}))
+    assert app.objectives() == ["eval_accuracy", "samples_per_second", "peak_memory_mb"]
+    assert _sweeper()._directions(app.objectives()) == ["maximize", "maximize", "minimize"]
+    assert _sweeper(direction=["minimize"] * 3)._directions(app.objectives()) == ["minimize"] * 3
+    with pytest.raises(SweeperError, match="one direction per objective"):
+        _sweeper(direction="maximize")._directions(app.objectives())
+    assert _sweeper()._directions(None) == ["minimize"]  # any other app: the plugin's default
+    assert _sweeper(direction=["maximize", "minimize"])._directions(None) == ["maximize", "minimize"]
+    for bad in ("accuracy", ["eval_accuracy", "eval_accuracy"], []):
+        with pytest.raises(SweeperError, match="sweep.objective"):
+            LraApp(OmegaConf.create({"sweep": {"objective": bad}})).objectives()
+
+
+def test_lra_extras_apply_only_to_an_app_with_a_sweep_node():
+    assert LraApp.detect(OmegaConf.create({"x": 1, "y": 2})) is None
+    assert isinstance(LraApp.detect(OmegaConf.create(LRA_CONFIG)), LraApp)
 
 
 def test_default_storage_lies_beside_the_sqlite_mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/runs/mlflow.db")
     sweeper = _sweeper()
-    sweeper.config = OmegaConf.create({"tracking": {"uri": None}})
+    sweeper.config = OmegaConf.create({"tracking": {"uri": None}, "sweep": {}})
+    sweeper.app = LraApp.detect(sweeper.config)
     assert sweeper._storage_url() == f"sqlite:///{tmp_path}/runs/optuna.db"
+    monkeypatch.chdir(tmp_path)
+    other = _sweeper()  # any other app: optuna.db in the launch folder
+    assert other._storage_url() == f"sqlite:///{tmp_path}/optuna.db"
     assert _sweeper(storage="postgresql://db/optuna")._storage_url() == "postgresql://db/optuna"
     monkeypatch.chdir(tmp_path)
     assert _sweeper(storage="studies.log")._storage_url() == str(tmp_path / "studies.log")  # a journal file
 
 
 def test_a_resumed_study_keeps_direction_and_fails_stale_trials(tmp_path, monkeypatch):
-    orphans = []  # the MLflow runs of killed trials are ended FAILED too (a real store: test_sweeps_e2e.py)
-    monkeypatch.setattr("hydra_plugins.lra_optuna_sweeper._impl.fail_orphan_runs",
-                        lambda uri, experiment, study, number: orphans.append((experiment, study, number)))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # a real, empty store
     url = f"sqlite:///{tmp_path}/optuna.db"
     sweeper = _sweeper()
-    sweeper.config = OmegaConf.create({"tracking": {"uri": None, "experiment": None}, "task": "t"})
-    study = sweeper._open_study(url, "s", "maximize")
+    sweeper.config = OmegaConf.create(LRA_CONFIG)
+    sweeper.app = LraApp.detect(sweeper.config)
+    plan = _plan(url)
+    study = sweeper._open_study(plan)
     killed = study.ask()  # a worker that was killed: RUNNING, its last heartbeat long ago
     study._storage.set_trial_user_attr(killed._trial_id, HEARTBEAT_ATTR, time.time() - 60)
     alive = study.ask()  # a worker that is alive
     study._storage.set_trial_user_attr(alive._trial_id, HEARTBEAT_ATTR, time.time())
 
-    with pytest.raises(ConfigError, match="hydra.sweeper.direction"):
-        sweeper._open_study(url, "s", "minimize")
-    study = sweeper._open_study(url, "s", "maximize")
-    sweeper._fail_stale(study)
+    with pytest.raises(SweeperError, match="hydra.sweeper.direction"):
+        sweeper._open_study(_plan(url, directions=["minimize"]))
+    with pytest.raises(SweeperError, match="sweep.objective"):
+        sweeper._open_study(_plan(url, objectives=["eval_loss"]))
+    study = sweeper._open_study(plan)
+    sweeper._fail_stale(study, plan)  # the killed trial's job has no FINISHED run: FAIL
     states = {t.number: t for t in study.get_trials()}
     assert states[killed.number].state == TrialState.FAIL
     assert states[killed.number].user_attrs[FAIL_REASON_ATTR].startswith("interrupted")
     assert states[alive.number].state == TrialState.RUNNING
-    assert orphans == [("t", "s", killed.number)]
 
 
-def test_surplus_trials_of_racing_workers_are_not_launched(tmp_path):
+def test_a_filled_study_gets_no_more_trials(tmp_path):
     sweeper = _sweeper(n_trials=2)
-    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path}/optuna.db"), study_name="s")
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(storage=make_storage(url), study_name="s")
     study.tell(study.ask(), 1.0)
     study.tell(study.ask(), 2.0)  # another worker already filled the study
-    assert sweeper._ask(study, {"x": FloatDistribution(0, 1)}, 1) == []
+    plan = _plan(url)
+    plan.n_trials = 2
+    assert sweeper._ask(study, plan, 1) == []  # counted under the storage's file lock: nothing asked
+    assert len(study.get_trials()) == 2
+
+
+def test_surplus_trials_on_a_storage_without_a_lock_are_not_launched(tmp_path):
+    sweeper = _sweeper(n_trials=2)
+    url = str(tmp_path / "journal.log")
+    study = optuna.create_study(storage=make_storage(url), study_name="s")
+    study.tell(study.ask(), 1.0)
+    study.tell(study.ask(), 2.0)
+    plan = _plan(url)
+    plan.n_trials = 2
+    plan.url = "postgresql://nowhere/optuna"  # a server database: no file lock, the surplus rule
+    assert sweeper._ask(study, plan, 1) == []
     surplus = study.get_trials()[-1]
     assert surplus.state == TrialState.FAIL and surplus.user_attrs[FAIL_REASON_ATTR].startswith("surplus")
 
@@ -171,3 +238,87 @@ def test_surplus_trials_of_racing_workers_are_not_launched(tmp_path):
 def test_passwords_in_urls_are_redacted_from_logs_and_tags():
     assert redact("storage=postgresql://lra:s3cret@db:5432/optuna x=sqlite:////a/b.db") == \
         "storage=postgresql://lra:***@db:5432/optuna x=sqlite:////a/b.db"
+
+
+def test_auto_sampler_and_pruner_follow_the_number_of_objectives():
+    from hydra_plugins.lra_optuna_sweeper._samplers import resolve_pruner, resolve_sampler
+
+    auto = {"_target_": "auto", "seed": 3, "n_startup_trials": 10, "n_ei_candidates": 24, "group": False,
+            "constant_liar": True}
+    assert resolve_sampler(auto, 1)["_target_"] == "optuna.samplers.TPESampler"
+    assert resolve_sampler(auto, 2) == {"_target_": "optuna.samplers.NSGAIISampler", "seed": 3}
+    tuned = {**auto, "n_ei_candidates": 5}  # a TPE key was set: TPE (multi-objective TPE) is kept
+    assert resolve_sampler(tuned, 2)["_target_"] == "optuna.samplers.TPESampler"
+    assert resolve_sampler({"_target_": "optuna.samplers.RandomSampler"}, 2)["_target_"].endswith("RandomSampler")
+    median = {"_target_": "auto", "n_startup_trials": 5}
+    assert resolve_pruner(median, 1)["_target_"] == "optuna.pruners.MedianPruner"
+    assert resolve_pruner(median, 2) is None  # not asked for: no pruning with several objectives
+    assert resolve_pruner({"_target_": "optuna.pruners.NopPruner"}, 2) is None
+    with pytest.raises(SweeperError, match=r"hydra.sweeper.pruner._target_='optuna.pruners.MedianPruner': Optuna "
+                                           r"prunes only single-objective studies.*fix: hydra/sweeper/pruner=nop"):
+        resolve_pruner({"_target_": "optuna.pruners.MedianPruner"}, 2)
+
+
+def test_a_bad_sampler_or_pruner_spec_is_one_line():
+    from hydra_plugins.lra_optuna_sweeper._samplers import build_pruner, build_sampler
+
+    with pytest.raises(SweeperError, match=r"hydra.sweeper.sampler._target_='optuna.samplers.TPESampler': cannot be "
+                                           r"built"):
+        build_sampler({"_target_": "optuna.samplers.TPESampler", "n_ei_candidatez": 3}, {})
+    with pytest.raises(SweeperError, match="hydra.sweeper.pruner._target_"):
+        build_pruner({"_target_": "optuna.pruners.NoSuchPruner"})
+
+
+def test_jobs_of_a_multi_objective_study_never_report(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=make_storage(url), study_name="mo", directions=["maximize", "maximize"])
+    trial = study.ask()
+    reporter = open_trial({"storage": url, "study_name": "mo", "trial_number": trial.number})
+    assert reporter.report(1, 0.5) is False  # Optuna has no intermediate values for several objectives
+    assert study.get_trials()[0].intermediate_values == {}
+
+
+def test_a_storage_config_is_instantiated_and_jobs_get_its_url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    sweeper = _sweeper(storage=OmegaConf.create({"_target_": "optuna.storages.RDBStorage", "url": url,
+                                                 "heartbeat_interval": 60}))
+    assert sweeper._storage_url() == url
+    assert isinstance(sweeper._make_storage(url), optuna.storages.RDBStorage)
+    with pytest.raises(SweeperError, match="hydra.sweeper.storage"):
+        _sweeper(storage=OmegaConf.create({"_target_": "optuna.storages.RDBStorage"}))._storage_url()
+
+
+def test_the_pareto_sweep_composes_to_nsga_ii_over_five_attentions():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hydra_plugins.lra_optuna_sweeper._samplers import resolve_pruner, resolve_sampler
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "sweeps"), version_base="1.3"):
+        cfg = compose("pareto", overrides=[f"hydra.searchpath=[file://{REPO / 'conf'}]"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    assert list(cfg.sweep.objective) == ["eval_accuracy", "samples_per_second"]
+    sweeper = cfg.hydra.sweeper
+    assert resolve_sampler(OmegaConf.to_container(sweeper.sampler), 2)["_target_"] == "optuna.samplers.NSGAIISampler"
+    assert resolve_pruner(OmegaConf.to_container(sweeper.pruner), 2) is None
+    space = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert set(space.distributions["attention"].choices) == {"softmax", "hrr-individual", "hrr-bundled",
+                                                            "hrr-quadratic", "tpr"}
+    assert sweeper.custom_search_space == "lra.pareto.attention_options"
+
+
+def test_hrr_trials_draw_their_own_options_and_the_front_is_non_dominated():
+    from lra.pareto import attention_options, pareto_front
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    space = {"attention": CategoricalDistribution(["softmax", "hrr-bundled"])}
+    for name in ("softmax", "hrr-bundled"):
+        study.enqueue_trial({"attention": name})
+        trial = study.ask(fixed_distributions=space)
+        attention_options(None, trial)
+        extra = set(trial.params) - {"attention"}
+        assert extra == (set() if name == "softmax" else {"attention.learn_scale", "attention.scale_init"})
+    points = [(0.9, 10.0), (0.8, 20.0), (0.7, 15.0), (0.9, 5.0), (0.5, 30.0)]
+    assert pareto_front(points, ["maximize", "maximize"]) == [0, 1, 4]
+    assert pareto_front([(0.9, 600.0), (0.8, 650.0), (0.95, 700.0)], ["maximize", "minimize"]) == [0, 2]

@@ -151,7 +151,8 @@ def test_optuna_sweep_prunes_trials_from_inside_the_job(store):
     result = store.launch("prune", "hydra.sweeper.study_name=prune", "hydra.sweeper.n_trials=2",
                           "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01",
                           config="tiny_search")
-    assert result.returncode == 0, _explain(result)
+    # every trial is pruned, so the study has no COMPLETE trial: one error line, exit 1 (issue 14)
+    assert result.returncode == 1 and "has no COMPLETE trial" in result.stderr, _explain(result)
     trials = store.study("prune").get_trials()
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned and all(t.last_step == 1 for t in pruned)  # stopped after the first of two epochs
@@ -164,7 +165,7 @@ def test_optuna_sweep_prunes_trials_from_inside_the_job(store):
 def test_unknown_objective_stops_the_sweep_before_any_trial(store):
     result = store.launch("bad-objective", "hydra.sweeper.study_name=bad-objective", "sweep.objective=accuracy",
                           config="tiny_search")
-    assert result.returncode == 1 and "sweep.objective='accuracy'" in result.stderr, _explain(result)
+    assert result.returncode == 2 and "error: sweep.objective='accuracy'" in result.stderr, _explain(result)
     assert "bad-objective" not in optuna.get_all_study_names(store.optuna_url)
     assert store.runs("bad-objective") == []
 

@@ -1,73 +1,79 @@
-"""The trial loop of `hydra/sweeper=lra_optuna`: Optuna 5 ask/tell around Hydra's launcher.
+"""The trial loop of `hydra/sweeper=lra_optuna`: Optuna 5 ask/tell around Hydra's launcher, for any Hydra app.
 
 Each round asks up to `n_jobs` trials, launches them as one batch (in-process, joblib workers or SLURM jobs)
 and tells every trial how its job ended:
 
-    job returned a finite float          COMPLETE with that value
-    job raised optuna.TrialPruned        PRUNED   (the job asked `lra.trial` after an epoch and was told to stop)
+    job returned a finite float           COMPLETE with that value
+    (several objectives: a tuple/list of one finite float per direction)
+    job raised optuna.TrialPruned         PRUNED   (the job asked its trial after an epoch and was told to stop)
     job raised anything else, or
-    returned a non-finite / non-number   FAIL     (the sweep goes on until `max_failure_rate` is exceeded)
+    returned a non-finite / non-number    FAIL     (the sweep goes on until `max_failure_rate` is exceeded)
 
 `n_trials` counts the study's trials in all, so the same command run again continues the study where it
-stopped, and several workers on one storage share the work. While its jobs run, the sweeper marks their trials
-with a heartbeat (a trial user attribute); a RUNNING trial without one for `grace_period` seconds belongs to a
-killed worker and is ended FAIL (its MLflow run too). Before it returns, the sweeper waits until no trial of
-the study is RUNNING, so a finished command never leaves one behind.
+stopped, and several workers on one storage share the work (on a file storage they take turns to ask, under a
+file lock, so together they start exactly `n_trials`). While its jobs run, the sweeper marks their trials with
+a heartbeat (a trial user attribute); a RUNNING trial without one for `grace_period` seconds belongs to a
+killed worker: in an lra app whose job's MLflow run FINISHED it is told COMPLETE with the run's values,
+otherwise it ends FAIL. Before it returns, the sweeper waits until no trial of the study is RUNNING.
+
+Everything that can be wrong with the settings, the search space, the sampler (a missing optional package)
+or the pruner is found before the study is opened and reported as one `error:` line (exit 2); a study that
+ends without any COMPLETE trial, or with too many failed ones, exits 1. lra's extras (`_lra.LraApp`) apply
+only when the app's config has lra's `sweep` node.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
+import re
+import secrets
 import signal
+import sys
 import threading
 import time
+import warnings
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method, instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from hydra.utils import get_method
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
-from lra.errors import ConfigError
-from lra.sweep import (ENV_PARENT_RUN_ID, ENV_SWEEP_ID, experiment_of, fail_orphan_runs, interrupt_on_sigterm,
-                       new_sweep_id, redact, tracking_uri_of)
-from lra.trial import PRUNER_ATTR, make_storage
-
-from ._space import format_value, override_line, parse_search_space
+from ._errors import SweeperError, SweepFailed, user_errors
+from ._lra import ENV_SWEEP_ID, VALIDATE, LraApp, default_direction
+from ._samplers import (build_pruner, build_sampler, check_requirements, grid_size, grid_space, resolve_pruner,
+                        resolve_sampler)
+from ._space import SearchSpace, distribution_from_config, format_value, override_line, parse_search_space
+from .storage import PRUNER_ATTR, can_lock, file_lock, make_storage
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_ATTR = "lra_heartbeat"      # trial user attribute: time.time() of the sweeper's last mark
 FAIL_REASON_ATTR = "lra_fail_reason"  # trial user attribute: why a trial ended FAIL
-MINIMIZED = ("peak_memory_mb",)       # besides *_loss: metrics where lower is better
+DIRECTIONS = ("minimize", "maximize")
+HYDRA_DEFAULT_SUBDIR = "${hydra.job.num}"
 
 
-class SweepAborted(RuntimeError):
-    """Too many trials failed: the sweep stops and the command exits non-zero."""
+def new_sweep_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
-def known_metrics() -> tuple[str, ...]:
-    """The metrics a job can return (what `lra.train.train` returns)."""
-    from lra.config import OBJECTIVES
-
-    return OBJECTIVES
-
-
-def default_direction(objective: str) -> str:
-    return "minimize" if objective.endswith("loss") or objective in MINIMIZED else "maximize"
-
-
-def outcome(ret: JobReturn) -> tuple[TrialState, Optional[float], Optional[str]]:
-    """How a job ended, as the trial state, its value and (for FAIL) the reason."""
+def outcome(ret: JobReturn, n_objectives: int = 1) -> tuple[TrialState, Optional[list[float]], Optional[str]]:
+    """How a job ended, as the trial state, its values and (for FAIL) the reason."""
     if ret.status == JobStatus.FAILED:
         error = ret._return_value
         if isinstance(error, optuna.TrialPruned) or type(error).__name__ == "TrialPruned":
@@ -75,13 +81,41 @@ def outcome(ret: JobReturn) -> tuple[TrialState, Optional[float], Optional[str]]
         return TrialState.FAIL, None, f"{type(error).__name__}: {error}"[:2000]
     if ret.status != JobStatus.COMPLETED:
         return TrialState.FAIL, None, f"job status {ret.status}"
+    value = ret.return_value
     try:
-        value = float(ret.return_value)
+        if n_objectives == 1:
+            values = [float(value)]
+        else:
+            if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, ListConfig)):
+                raise TypeError
+            values = [float(v) for v in value]
     except (TypeError, ValueError):
-        return TrialState.FAIL, None, f"the job returned {ret.return_value!r}, not a number"
-    if not math.isfinite(value):
+        wanted = "a number" if n_objectives == 1 else f"a list or tuple of {n_objectives} numbers"
+        return TrialState.FAIL, None, f"the job returned {value!r}, not {wanted}"
+    if len(values) != n_objectives:
+        return TrialState.FAIL, None, f"the job returned {len(values)} values for {n_objectives} objectives"
+    if not all(math.isfinite(v) for v in values):
         return TrialState.FAIL, None, f"the job returned {value}"
-    return TrialState.COMPLETE, value, None
+    return TrialState.COMPLETE, values, None
+
+
+def load_function(path: str) -> Callable[..., Any]:
+    """A function by dotted path; `.module.fn` (the plugin's relative form) is `fn` of `module.py` beside the
+    app's script (the script itself when it is `module`)."""
+    if not path.startswith("."):
+        return get_method(path)
+    module, _, name = path[1:].rpartition(".")
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main_file and Path(main_file).stem == module:
+        return getattr(main, name)
+    file = (Path(main_file).parent if main_file else Path.cwd()) / f"{module}.py"
+    spec = importlib.util.spec_from_file_location(module.replace("-", "_"), file)
+    if spec is None or spec.loader is None or not file.is_file():
+        raise ImportError(f"no file {file}")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return getattr(loaded, name)
 
 
 class _Heartbeat:
@@ -124,126 +158,285 @@ class _Heartbeat:
             self._beat(ids)
 
 
+def _interrupt_on_sigterm() -> Any:
+    """Turn SIGTERM (kill, scancel) into KeyboardInterrupt, so running trials end FAIL instead of staying
+    RUNNING; returns the previous handler (None off the main thread, or when the app already handles SIGTERM:
+    lra's sweep callback ends the sweep with its own `Interrupted`, which ends the trials FAIL the same way)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+@dataclass
+class Plan:
+    """Everything decided and checked before the study is opened."""
+
+    space: SearchSpace
+    objectives: Optional[list[str]]  # metric names in an lra app; None elsewhere (the job's return value)
+    directions: list[str]
+    sampler: dict[str, Any]
+    pruner: Optional[dict[str, Any]]
+    n_trials: int
+    url: str
+    name: str
+    extender: Optional[Callable[[DictConfig, optuna.Trial], None]]
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.objectives) if self.objectives else "value"
+
+
 class LraOptunaSweeperImpl(Sweeper):
-    def __init__(self, sampler: Any, pruner: Any, direction: Optional[str], storage: Optional[str],
-                 study_name: Optional[str], n_trials: int, n_jobs: int, max_failure_rate: float,
-                 params: Optional[DictConfig], enqueue: Sequence[Any], heartbeat_interval: float,
-                 grace_period: float, validate: Optional[str] = None) -> None:
+    def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: Any, study_name: Optional[str],
+                 n_trials: int, n_jobs: int, max_failure_rate: float, params: Optional[DictConfig],
+                 enqueue: Sequence[Any], heartbeat_interval: float, grace_period: float,
+                 validate: Optional[str] = "auto", custom_search_space: Optional[str] = None,
+                 search_space: Optional[Mapping[str, Any]] = None) -> None:
         if n_trials < 1:
-            raise ConfigError("hydra.sweeper.n_trials", n_trials, "must be at least 1", "set a positive count")
+            raise SweeperError("hydra.sweeper.n_trials", n_trials, "must be at least 1", "set a positive count")
         if n_jobs < 1:
-            raise ConfigError("hydra.sweeper.n_jobs", n_jobs, "must be at least 1", "set a positive count")
+            raise SweeperError("hydra.sweeper.n_jobs", n_jobs, "must be at least 1", "set a positive count")
         if not 0.0 <= max_failure_rate <= 1.0:
-            raise ConfigError("hydra.sweeper.max_failure_rate", max_failure_rate, "must lie in [0, 1]",
-                              "0 stops at the first failed trial, 1 never stops")
-        if direction not in (None, "maximize", "minimize"):
-            raise ConfigError("hydra.sweeper.direction", direction, "unknown direction",
-                              "use maximize, minimize or null (from the objective's name)")
+            raise SweeperError("hydra.sweeper.max_failure_rate", max_failure_rate, "must lie in [0, 1]",
+                               "0 stops at the first failed trial, 1 never stops")
         if grace_period <= heartbeat_interval:
-            raise ConfigError("hydra.sweeper.grace_period", grace_period,
-                              f"must exceed hydra.sweeper.heartbeat_interval={heartbeat_interval}",
-                              "a few heartbeat intervals, e.g. 30 with an interval of 5")
-        self.sampler_spec = OmegaConf.to_container(sampler, resolve=True) if sampler is not None else None
-        self.pruner_spec = OmegaConf.to_container(pruner, resolve=True) if pruner is not None else None
-        self.direction, self.storage, self.study_name = direction, storage, study_name
+            raise SweeperError("hydra.sweeper.grace_period", grace_period,
+                               f"must exceed hydra.sweeper.heartbeat_interval={heartbeat_interval}",
+                               "a few heartbeat intervals, e.g. 30 with an interval of 5")
+        self.direction = self._direction_list(direction)
+        self.sampler_spec = self._plain(sampler)
+        self.pruner_spec = self._plain(pruner)
+        self.storage = self._plain(storage)
+        self.study_name = study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.params = params
-        self.enqueue = [OmegaConf.to_container(p, resolve=True) if isinstance(p, DictConfig) else dict(p)
-                        for p in (enqueue or [])]
+        self.search_space = self._plain(search_space)
+        self.custom_search_space = custom_search_space
+        self.enqueue = [self._plain(p) for p in (enqueue or [])]
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.validate = validate
         self.job_idx = 0
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
+        self.app: Optional[LraApp] = None
+        self.study: Optional[optuna.Study] = None
+
+    @staticmethod
+    def _plain(node: Any) -> Any:
+        return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+    @staticmethod
+    def _direction_list(direction: Any) -> Optional[list[str]]:
+        if direction is None:
+            return None
+        items = list(direction) if isinstance(direction, (ListConfig, list, tuple)) else [direction]
+        names = [str(getattr(item, "name", item)).split(".")[-1].lower() for item in items]
+        if not names or any(name not in DIRECTIONS for name in names):
+            shown = names if len(names) != 1 else names[0]
+            raise SweeperError("hydra.sweeper.direction", shown, "unknown direction",
+                               "use maximize, minimize, a list of them (several objectives) or null")
+        return names
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
+        self.job_idx = 0
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
 
-    # ---- set-up: objective, storage, study -------------------------------------------------------------
+    # ---- the plan: everything checked before the study opens ----------------------------------------------
 
-    def _objective(self) -> str:
-        objective = OmegaConf.select(self.config, "sweep.objective", default=None)
-        metrics = known_metrics()
-        if objective not in metrics:
-            raise ConfigError("sweep.objective", objective, "not a metric the trainer reports",
-                              f"one of {', '.join(metrics)}")
-        return str(objective)
+    def _search_space(self, arguments: list[str]) -> SearchSpace:
+        lines = [f"{key}={value}" for key, value in (self.params or {}).items()]
+        space = parse_search_space(lines + list(arguments))
+        if self.search_space:
+            if self.params is not None:
+                log.warning("hydra.sweeper.params and hydra.sweeper.search_space are both set: params is used")
+            else:
+                log.warning("hydra.sweeper.search_space is the plugin's deprecated form; prefer "
+                            "hydra.sweeper.params (interval, range, choice)")
+                old = {key: distribution_from_config(key, spec) for key, spec in self.search_space.items()}
+                old = {key: dist for key, dist in old.items()
+                       if key not in space.distributions and key not in space.fixed}
+                space.distributions = {**old, **space.distributions}
+        return space
+
+    def _directions(self, objectives: Optional[list[str]]) -> list[str]:
+        if objectives is None:
+            return self.direction or ["minimize"]
+        if self.direction is None:
+            return [default_direction(name) for name in objectives]
+        if len(self.direction) != len(objectives):
+            raise SweeperError("hydra.sweeper.direction", self.direction if len(self.direction) > 1
+                               else self.direction[0], f"{len(self.direction)} direction(s) for "
+                               f"{len(objectives)} objective(s) {objectives}",
+                               "one direction per objective, in order, or null (from each objective's name)")
+        return list(self.direction)
 
     def _storage_url(self) -> str:
-        if self.storage:
-            url = str(self.storage)
+        spec = self.storage
+        if isinstance(spec, Mapping):
+            url = spec.get("url")
+            if not url:
+                raise SweeperError("hydra.sweeper.storage", spec, "a storage config needs its url",
+                                   "give url: (e.g. sqlite:///optuna.db) or the URL alone")
+            return str(url)
+        if spec:
+            url = str(spec)
             return url if "://" in url else str(Path(url).expanduser().resolve())  # a journal file
-        uri = tracking_uri_of(self.config)
-        folder = Path(uri[len("sqlite:///"):]).resolve().parent if uri.startswith("sqlite:///") else Path.cwd()
-        return f"sqlite:///{folder / 'optuna.db'}"
+        if self.app is not None:
+            return self.app.default_storage()
+        return f"sqlite:///{Path.cwd() / 'optuna.db'}"
 
-    def _open_study(self, url: str, name: str, direction: str) -> optuna.Study:
-        storage = make_storage(url)
-        for attempt in range(5):  # parallel workers race to create the study
-            try:
-                study = optuna.create_study(storage=storage, study_name=name, direction=direction,
-                                            load_if_exists=True)
-                break
-            except Exception as error:  # noqa: BLE001 - IntegrityError / locked database under the race
-                if attempt == 4:
-                    raise
-                log.debug("create_study raced (%s); retrying", error)
-                time.sleep(0.5 * (attempt + 1))
-        if study.direction.name.lower() != direction:
-            raise ConfigError("hydra.sweeper.direction", direction,
-                              f"study {name!r} in {redact(url)} was created to {study.direction.name.lower()}",
-                              "use the study's direction or a new hydra.sweeper.study_name")
-        existing = len(study.get_trials(deepcopy=False))
-        spec = dict(self.sampler_spec or {"_target_": "optuna.samplers.TPESampler"})
-        if spec.get("seed") is not None:  # a resumed study must not replay the first run's random points
-            spec["seed"] = int(spec["seed"]) + existing
-        study.sampler = instantiate(spec)
-        study.set_user_attr(PRUNER_ATTR, self.pruner_spec)
+    def _extender(self) -> Optional[Callable[[DictConfig, optuna.Trial], None]]:
+        if not self.custom_search_space:
+            return None
+        try:
+            function = load_function(str(self.custom_search_space))
+        except Exception as error:  # noqa: BLE001 - reported as the user's setting
+            reason = " ".join(str(error).split())[:300]
+            raise SweeperError("hydra.sweeper.custom_search_space", self.custom_search_space,
+                               f"cannot be loaded ({reason})",
+                               "a dotted path to a function fn(cfg, trial), e.g. my_app.configure") from None
+        if not callable(function):
+            raise SweeperError("hydra.sweeper.custom_search_space", self.custom_search_space, "not a function",
+                               "point it at a function fn(cfg, trial)")
+        return function
+
+    def _plan(self, arguments: list[str]) -> Plan:
+        assert self.config is not None
+        space = self._search_space(arguments)
+        self.app = LraApp.detect(self.config)
+        objectives = self.app.objectives() if self.app is not None else None
+        directions = self._directions(objectives)
+        sampler = resolve_sampler(self.sampler_spec, len(directions))
+        pruner = resolve_pruner(self.pruner_spec, len(directions))
+        check_requirements(str(sampler.get("_target_")))
+        build_pruner(pruner)  # a bad pruner stops the sweep here; jobs build their own from the stored spec
+        n_trials = self.n_trials
+        if str(sampler.get("_target_")).endswith("GridSampler"):
+            size = grid_size(grid_space(space.distributions, space.sources))
+            if size < n_trials:
+                log.info("n_trials %d capped to the grid's %d points", n_trials, size)
+                n_trials = size
+        url = self._storage_url()
+        name = str(self.study_name or os.environ.get(ENV_SWEEP_ID) or new_sweep_id())
+        plan = Plan(space, objectives, directions, sampler, pruner, n_trials, url, name, self._extender())
+        self._validate_space(plan)
+        return plan
+
+    def _validate_space(self, plan: Plan) -> None:
+        """Before the study is opened: compose a job at the low end of the search space (each choice's first
+        value) and run `validate` on it, so a config error stops the sweep before any trial exists."""
+        probe = {key: dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
+                 for key, dist in plan.space.distributions.items()}
+        overrides = self._overrides(plan, probe, 0)
+        try:
+            self.validate_batch_is_legal([overrides])
+        except ConfigCompositionException as error:
+            raise _composition_error(error, plan.space) from None
+        target = self.validate
+        if target == "auto":
+            target = VALIDATE if self.app is not None else None
+        if not target:
+            return
+        validate = get_method(target)
+        assert self.hydra_context is not None and self.config is not None
+        job = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(job):
+            del job["hydra"]
+        validate(job)
+
+    # ---- the study ----------------------------------------------------------------------------------------
+
+    def _make_storage(self, url: str) -> Any:
+        if isinstance(self.storage, Mapping):
+            from hydra.utils import instantiate
+
+            with file_lock(url):
+                return instantiate(dict(self.storage))
+        return make_storage(url)
+
+    def _open_study(self, plan: Plan) -> optuna.Study:
+        storage = self._make_storage(plan.url)
+        try:
+            existing = len(storage.get_all_trials(storage.get_study_id_from_name(plan.name), deepcopy=False))
+        except KeyError:
+            existing = 0
+        sampler = build_sampler(plan.sampler, plan.space.distributions, seed_offset=existing)
+        with file_lock(plan.url):
+            for attempt in range(5):  # without a file lock (a server database) parallel workers may race
+                try:
+                    study = optuna.create_study(storage=storage, study_name=plan.name, directions=plan.directions,
+                                                sampler=sampler, load_if_exists=True)
+                    break
+                except Exception as error:  # noqa: BLE001 - IntegrityError / locked database under the race
+                    if attempt == 4:
+                        raise
+                    log.debug("create_study raced (%s); retrying", error)
+                    time.sleep(0.5 * (attempt + 1))
+        found = [d.name.lower() for d in study.directions]
+        if found != plan.directions:
+            raise SweeperError("hydra.sweeper.direction", plan.directions if len(plan.directions) > 1
+                               else plan.directions[0], f"study {plan.name!r} was created to {found}",
+                               "use the study's directions or a new hydra.sweeper.study_name")
+        if plan.objectives is not None and study.metric_names != plan.objectives:
+            if study.metric_names is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    study.set_metric_names(plan.objectives)
+            else:
+                raise SweeperError("sweep.objective", plan.objectives, f"study {plan.name!r} optimises "
+                                   f"{study.metric_names}", "use its objectives or a new hydra.sweeper.study_name")
+        study.set_user_attr(PRUNER_ATTR, plan.pruner)
         for params in self.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
         return study
 
-    # ---- the loop ---------------------------------------------------------------------------------------
+    # ---- the loop -----------------------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> None:
+        with user_errors():
+            self._sweep(arguments)
+
+    def _sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None
-        search = [f"{key}={value}" for key, value in (self.params or {}).items()] + list(arguments)
-        space, fixed = parse_search_space(search)
-        objective = self._objective()
-        direction = self.direction or default_direction(objective)
-        url = self._storage_url()
-        name = str(self.study_name or os.environ.get(ENV_SWEEP_ID) or new_sweep_id())
-        self._validate_space(space, fixed, url, name)
-        study = self._open_study(url, name, direction)
+        plan = self._plan(arguments)
+        study = self._open_study(plan)
         self.study = study
-        log.info("study %r in %s: %s %s over %s, n_trials=%d, n_jobs=%d, sampler %s, pruner %s", name, redact(url),
-                 direction, objective, sorted(space), self.n_trials, self.n_jobs, type(study.sampler).__name__,
-                 (self.pruner_spec or {}).get("_target_"))
+        log.info("study %r in %s: %s %s over %s, n_trials=%d, n_jobs=%d, sampler %s, pruner %s", plan.name,
+                 _redact(plan.url), plan.directions, plan.label, sorted(plan.space.distributions), plan.n_trials,
+                 self.n_jobs, type(study.sampler).__name__, (plan.pruner or {}).get("_target_"))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         heartbeat = _Heartbeat(study._storage, self.heartbeat_interval)
         heartbeat.start()
-        previous = interrupt_on_sigterm()
+        previous = _interrupt_on_sigterm()
         counts: Counter[str] = Counter()
         try:
             while True:
-                self._fail_stale(study)
+                self._fail_stale(study, plan)
                 started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-                todo = self.n_trials - len(started)
+                todo = plan.n_trials - len(started)
                 if todo <= 0:
                     break
-                batch = self._ask(study, space, min(self.n_jobs, todo))
+                batch = self._ask(study, plan, min(self.n_jobs, todo))
                 if not batch:
+                    if can_lock(plan.url):
+                        break  # other workers filled the study
                     continue
                 ids = [trial._trial_id for trial in batch]
                 heartbeat.add(ids)
                 try:
-                    overrides = [self._overrides(trial.params, trial.number, fixed, url, name) for trial in batch]
+                    overrides = [self._overrides(plan, trial.params, trial.number) for trial in batch]
                     self.validate_batch_is_legal(overrides)  # Hydra composes every job before any starts
                     returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
                 except BaseException as error:
@@ -254,78 +447,102 @@ class LraOptunaSweeperImpl(Sweeper):
                     heartbeat.remove(ids)
                 self.job_idx += len(batch)
                 for trial, ret in zip(batch, returns):
-                    state, value, reason = outcome(ret)
-                    self._end(study, trial, state, value, reason)
+                    state, values, reason = outcome(ret, len(plan.directions))
+                    self._end(study, trial, state, values, reason)
                     counts[state.name] += 1
-                    log.info("trial %d %s%s %s", trial.number, state.name,
-                             f" {objective}={value:.6g}" if value is not None else "",
-                             reason or trial.params)
-                if counts["FAIL"] > self.max_failure_rate * self.n_trials:
-                    raise SweepAborted(
+                    shown = f" {plan.label}={_short(values)}" if values is not None else ""
+                    log.info("trial %d %s%s %s", trial.number, state.name, shown, reason or trial.params)
+                if counts["FAIL"] > self.max_failure_rate * plan.n_trials:
+                    raise SweepFailed(
                         f"{counts['FAIL']} failed trials exceed hydra.sweeper.max_failure_rate="
-                        f"{self.max_failure_rate} of n_trials={self.n_trials}; see the FAIL reasons above")
-            self._wait_for_running(study)
+                        f"{self.max_failure_rate} of n_trials={plan.n_trials}; see the FAIL reasons above")
+            self._wait_for_running(study, plan)
         finally:
             heartbeat.stop()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        self._summarize(study, objective, sweep_dir, counts)
+        self._summarize(study, plan, sweep_dir, counts)
 
-    def _ask(self, study: optuna.Study, space: dict[str, Any], k: int) -> list[optuna.Trial]:
-        """Up to k new trials; one that another worker's ask pushed past n_trials ends FAIL unlaunched."""
+    def _ask(self, study: optuna.Study, plan: Plan, k: int) -> list[optuna.Trial]:
+        """Up to k new trials. On a file storage the count and the ask happen under its lock, so parallel
+        workers never start more than n_trials; elsewhere a trial that another worker's ask pushed past
+        n_trials ends FAIL unlaunched."""
         batch = []
+        locked = can_lock(plan.url)
         for _ in range(k):
-            trial = study.ask(fixed_distributions=space)
-            earlier = [t for t in study.get_trials(deepcopy=False)
-                       if t.state != TrialState.WAITING and t.number < trial.number]
-            if len(earlier) >= self.n_trials:
-                self._end(study, trial, TrialState.FAIL, None, "surplus: other workers filled the study")
-                continue
+            with file_lock(plan.url) if locked else _nothing():
+                started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+                if locked and len(started) >= plan.n_trials:
+                    break
+                trial = study.ask(fixed_distributions=plan.space.distributions)
+            if not locked:
+                earlier = [t for t in study.get_trials(deepcopy=False)
+                           if t.state != TrialState.WAITING and t.number < trial.number]
+                if len(earlier) >= plan.n_trials:
+                    self._end(study, trial, TrialState.FAIL, None, "surplus: other workers filled the study")
+                    continue
+            try:
+                self._configure(trial, plan)
+            except Exception as error:
+                self._end(study, trial, TrialState.FAIL, None, f"custom_search_space: {type(error).__name__}: "
+                                                               f"{error}")
+                raise
             batch.append(trial)
         return batch
 
-    @staticmethod
-    def _overrides(params: dict[str, Any], number: int, fixed: dict[str, str], url: str, name: str) -> list[str]:
-        lines = [override_line(key, value) for key, value in fixed.items() if key not in params]
-        lines += [f"{key}={format_value(value)}" for key, value in params.items()]
-        lines += [f"sweep.storage={format_value(url)}", f"sweep.study_name={format_value(name)}",
-                  f"sweep.trial_number={number}", f"hydra.sweep.subdir=trial_{number}"]
+    def _configure(self, trial: optuna.Trial, plan: Plan) -> None:
+        """As the plugin: fixed values as user attributes, then `custom_search_space(cfg, trial)`."""
+        for key, value in plan.space.fixed.items():
+            trial.set_user_attr(key, value)
+        if plan.extender is not None:
+            assert self.config is not None
+            plan.extender(self.config, trial)
+            overlap = sorted(set(trial.params) & set(plan.space.fixed))
+            if overlap:
+                raise SweeperError("hydra.sweeper.custom_search_space", self.custom_search_space,
+                                   f"suggests {overlap}, which the command line or params fix",
+                                   "suggest only keys that are not fixed (see trial.user_attrs)")
+
+    def _overrides(self, plan: Plan, params: Mapping[str, Any], number: int) -> list[str]:
+        lines = [override_line(key, value) for key, value in plan.space.fixed.items() if key not in params]
+        lines += [plan.space.override(key, value) for key, value in params.items()]
+        if self.app is not None:
+            lines += self.app.job_overrides(plan.url, plan.name, number, format_value)
+        if self._owns_subdir():
+            lines.append(f"hydra.sweep.subdir=trial_{number}")
         return lines
 
-    def _validate_space(self, space: dict[str, Any], fixed: dict[str, str], url: str, name: str) -> None:
-        """Before the study is opened: compose a job at the low end of the search space (each choice's first
-        value) and run `validate` on it, so a config error stops the sweep before any trial exists."""
-        probe = {key: dist.choices[0] if isinstance(dist, CategoricalDistribution) else dist.low
-                 for key, dist in space.items()}
-        overrides = self._overrides(probe, 0, fixed, url, name)
-        self.validate_batch_is_legal([overrides])
-        if not self.validate:
-            return
-        validate = get_method(self.validate)
-        assert self.hydra_context is not None
-        job = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-        with open_dict(job):
-            del job["hydra"]
-        validate(job)
+    def _owns_subdir(self) -> bool:
+        """Hydra's default subdir (the job number restarts with every command) becomes trial_<number>; a
+        subdir the user set is left alone."""
+        assert self.config is not None
+        sweep = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)
+        return isinstance(sweep, dict) and sweep.get("subdir") == HYDRA_DEFAULT_SUBDIR
 
-    def _end(self, study: optuna.Study, trial: Any, state: TrialState, value: Optional[float],
+    def _end(self, study: optuna.Study, trial: Any, state: TrialState, values: Optional[list[float]],
              reason: Optional[str]) -> None:
         try:
             if reason is not None:
                 study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-            study.tell(trial, values=value, state=state, skip_if_finished=True)
+            study.tell(trial, values=values, state=state, skip_if_finished=True)
+        except RuntimeError as error:
+            if "Study.stop" not in str(error):  # the grid sampler stops a study it sees complete; told anyway
+                log.warning("could not tell trial %d %s: %s", trial.number, state.name, error)
         except Exception as error:  # noqa: BLE001 - e.g. ended FAIL as stale by another worker meanwhile
             log.warning("could not tell trial %d %s: %s", trial.number, state.name, error)
 
-    # ---- killed workers ---------------------------------------------------------------------------------
+    # ---- killed workers -----------------------------------------------------------------------------------
 
-    def _fail_stale(self, study: optuna.Study) -> None:
-        """End FAIL every RUNNING trial whose worker stopped marking it (killed), and its MLflow run."""
+    def _fail_stale(self, study: optuna.Study, plan: Plan) -> None:
+        """Settle every RUNNING trial whose worker stopped marking it (killed): COMPLETE with its values when
+        its lra job's MLflow run FINISHED (the job ended before its sweeper could tell), else FAIL."""
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             start = trial.datetime_start.timestamp() if trial.datetime_start else now
             last = float(trial.user_attrs.get(HEARTBEAT_ATTR, start))
             if now - last <= self.grace_period:
+                continue
+            if self._complete_finished(study, plan, trial):
                 continue
             try:
                 study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR,
@@ -335,17 +552,36 @@ class LraOptunaSweeperImpl(Sweeper):
                 continue
             log.warning("trial %d was RUNNING without a heartbeat for %.0f s (its worker was killed): FAIL",
                         trial.number, now - last)
-            try:
-                fail_orphan_runs(tracking_uri_of(self.config), experiment_of(self.config), study.study_name,
-                                 trial.number)
-            except Exception as error:  # noqa: BLE001 - the study is the record; the run is a courtesy
-                log.warning("could not end the MLflow run of trial %d: %s", trial.number, error)
+            if self.app is not None:
+                try:
+                    self.app.fail_orphan_runs(study.study_name, trial.number)
+                except Exception as error:  # noqa: BLE001 - the study is the record; the run is a courtesy
+                    log.warning("could not end the MLflow run of trial %d: %s", trial.number, error)
 
-    def _wait_for_running(self, study: optuna.Study) -> None:
+    def _complete_finished(self, study: optuna.Study, plan: Plan, trial: optuna.trial.FrozenTrial) -> bool:
+        if self.app is None or plan.objectives is None:
+            return False
+        try:
+            values = self.app.finished_values(study.study_name, trial.number, plan.objectives)
+        except Exception as error:  # noqa: BLE001 - an unreachable store: the trial cannot be settled from it
+            log.warning("could not read the MLflow run of trial %d: %s", trial.number, error)
+            return False
+        if values is None:
+            return False
+        try:
+            study.tell(trial.number, values=values, state=TrialState.COMPLETE)
+        except Exception as error:  # noqa: BLE001 - another worker settled it meanwhile
+            log.debug("trial %d settled meanwhile: %s", trial.number, error)
+            return True
+        log.warning("trial %d was RUNNING without its worker, but its job's MLflow run FINISHED: COMPLETE "
+                    "with %s=%s", trial.number, plan.label, _short(values))
+        return True
+
+    def _wait_for_running(self, study: optuna.Study, plan: Plan) -> None:
         """Return only when no trial of the study is RUNNING (other workers' trials end, or go stale)."""
         announced = False
         while True:
-            self._fail_stale(study)
+            self._fail_stale(study, plan)
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             if not running:
                 return
@@ -355,34 +591,67 @@ class LraOptunaSweeperImpl(Sweeper):
                 announced = True
             time.sleep(min(self.heartbeat_interval, 5.0))
 
-    # ---- the end ----------------------------------------------------------------------------------------
+    # ---- the end ------------------------------------------------------------------------------------------
 
-    def _summarize(self, study: optuna.Study, objective: str, sweep_dir: Path, counts: Counter[str]) -> None:
+    def _summarize(self, study: optuna.Study, plan: Plan, sweep_dir: Path, counts: Counter[str]) -> None:
+        """`optimization_results.yaml` with the plugin's keys (name, best_params/best_value or solutions) and
+        ours; exit 1 when the study holds no COMPLETE trial."""
         trials = study.get_trials(deepcopy=False)
         states = Counter(t.state.name for t in trials)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        results: dict[str, Any] = {"study_name": study.study_name, "objective": objective,
-                                   "direction": study.direction.name.lower(), "n_trials": len(trials),
-                                   "states": dict(states), "this_run": dict(counts)}
-        if complete:
+        results: dict[str, Any] = {"name": "optuna"}
+        if complete and len(plan.directions) == 1:
             best = study.best_trial
-            results.update(best_trial=best.number, best_value=best.value, best_params=best.params)
-            log.info("best trial %d: %s=%.6g %s", best.number, objective, best.value, best.params)
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        log.info("study %s: %s", study.study_name, dict(states))
-        parent = os.environ.get(ENV_PARENT_RUN_ID)
-        if not parent:
-            return
-        try:
-            from mlflow.tracking import MlflowClient
+            results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
+            log.info("best trial %d: %s=%.6g %s", best.number, plan.label, best.value, best.params)
+        elif complete:
+            front = sorted(study.best_trials, key=lambda t: t.number)
+            results["solutions"] = [{"params": t.params, "values": list(t.values), "number": t.number}
+                                    for t in front]
+            log.info("Pareto front: %d trials", len(front))
+            for t in front:
+                log.info("    trial %d: %s=%s %s", t.number, plan.label, _short(t.values), t.params)
+        results.update(study_name=study.study_name, objectives=plan.objectives or ["value"],
+                       directions=plan.directions, n_trials=len(trials), states=dict(states),
+                       this_run=dict(counts))
+        path = sweep_dir / "optimization_results.yaml"
+        OmegaConf.save(OmegaConf.create(results), path)
+        log.info("study %s: %s; results in %s", study.study_name, dict(states), path)
+        if self.app is not None:
+            try:
+                self.app.record(results, plan.objectives or ["value"], path)
+            except Exception as error:  # noqa: BLE001 - the study holds the results either way
+                log.warning("could not record the study's results on the parent run: %s", error)
+        if not complete:
+            raise SweepFailed(f"study {study.study_name!r} has no COMPLETE trial ({dict(states)}); see the "
+                              "trials' reasons above (user attribute lra_fail_reason)")
 
-            client = MlflowClient(tracking_uri_of(self.config))
-            for state, n in states.items():
-                client.set_tag(parent, f"trials_{state.lower()}", str(n))
-            if complete:
-                client.log_metric(parent, f"best_{objective}", float(results["best_value"]))
-                client.set_tag(parent, "best_trial", str(results["best_trial"]))
-                client.set_tag(parent, "best_params", str(results["best_params"])[:5000])
-            client.log_artifact(parent, str(sweep_dir / "optimization_results.yaml"))
-        except Exception as error:  # noqa: BLE001 - the study holds the results either way
-            log.warning("could not record the study's results on the parent run %s: %s", parent, error)
+
+def _composition_error(error: ConfigCompositionException, space: SearchSpace) -> SweeperError:
+    """Hydra's multi-line composition error for a job of the sweep, as one line naming the key."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    found = re.search(r"'([^']+)'", lines[0]) if lines else None
+    key = found.group(1) if found else "overrides"
+    value = space.sources.get(key)
+    fix = next((line for line in lines[1:] if line.lower().startswith(("to ", "use ", "did you"))),
+               "check the key against the app's config")
+    return SweeperError(key, value, lines[0].rstrip(".") if lines else str(error), fix)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _short(values: Optional[Sequence[float]]) -> str:
+    if values is None:
+        return "-"
+    shown = [f"{v:.6g}" for v in values]
+    return shown[0] if len(shown) == 1 else "(" + ", ".join(shown) + ")"
+
+
+def _redact(text: str) -> str:
+    return re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", text)

@@ -11,9 +11,11 @@ from .config import LraOptunaSweeperConf  # noqa: F401 - registers the config in
 
 class LraOptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
+        from ._errors import user_errors
         from ._impl import LraOptunaSweeperImpl
 
-        self.sweeper = LraOptunaSweeperImpl(**settings)
+        with user_errors():  # a bad setting: one `error:` line, exit 2
+            self.sweeper = LraOptunaSweeperImpl(**settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -1,10 +1,12 @@
-"""`python -m lra.bench {attention,step,budget}`: speed and memory, measured interleaved in one process.
+"""`python -m lra.bench {attention,step,budget,gpu}`: speed and memory, measured interleaved in one process.
 
   python -m lra.bench attention --lengths 1024 4096            # the five mechanisms, fwd+bwd, ratios to softmax
   python -m lra.bench attention --mechanisms softmax hrr-individual:block_size=0 hrr-individual:block_size=256
   python -m lra.bench attention --compile --lengths 1024        # eager and torch.compile side by side
   python -m lra.bench step --task listops-small                 # train_step per chunk size, and the loader
   python -m lra.bench budget --task listops --memory-budget-mb 4000   # the chunk auto_chunk_size picks
+  python -m lra.bench attention --save before ... ; python -m lra.bench attention --compare before --fail-on-regression
+  python -m lra.bench gpu                                       # on a GPU: the GPU tests and both benchmarks
 
 Each prints markdown tables; --json PATH writes the full result, --mlflow logs a run to the experiment `bench`
 ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in this folder). On a CPU that other jobs keep busy, compare with
@@ -15,10 +17,57 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 import torch
 
 from lra.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with our error form: one `error:` line (no usage block), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        argument, _, problem = message.partition(": ")
+        key = argument.removeprefix("argument ").split("/")[0] if problem else self.prog
+        kind, _, value = problem.partition(": ")
+        if kind.startswith("invalid ") and value:  # "invalid int value: 'abc'"
+            key, problem = f"{key}={value}", kind
+        print(f"error: {key}: {problem or message}; fix: see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
+
+
+# (argument, attribute, lowest allowed value, what it is): checked after parsing, before anything is measured
+_LIMITS = (
+    ("--lengths", "lengths", 1, "sequence lengths"),
+    ("--batch", "batch", 1, "the batch size"),
+    ("--heads", "heads", 1, "the number of heads"),
+    ("--head-dim", "head_dim", 1, "the head dimension"),
+    ("--matmul-size", "matmul_size", 1, "the GEMM size"),
+    ("--threads", "threads", 1, "torch threads"),
+    ("--repeats", "repeats", 1, "timed rounds"),
+    ("--warmup", "warmup", 0, "untimed rounds"),
+    ("--memory-budget-mb", "memory_budget_mb", None, "the memory budget"),
+)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every numeric argument in range, as one ConfigError naming the argument, its value and the fix."""
+    for flag, name, low, what in _LIMITS:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if low is None:
+                if not item > 0:
+                    raise ConfigError(flag, item, f"{what} must be positive", f"give {flag} > 0 (megabytes)")
+            elif item < low:
+                raise ConfigError(flag, item, f"{what} must be at least {low}", f"give {flag} >= {low}")
+    margin = getattr(args, "margin", None)
+    if margin is not None and not 0 < margin <= 1:
+        raise ConfigError("--margin", margin, "must lie in (0, 1]", "give --margin 0.8")
+    if getattr(args, "command", None) == "attention" and not args.lengths:
+        raise ConfigError("--lengths", args.lengths, "no lengths", "give at least one, e.g. --lengths 1024")
 
 
 def _common(p: argparse.ArgumentParser, repeats: int, warmup: int) -> None:
@@ -27,10 +76,19 @@ def _common(p: argparse.ArgumentParser, repeats: int, warmup: int) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="write the full result as JSON")
     p.add_argument("--mlflow", action="store_true", help="log params, metrics and the JSON to the experiment `bench`")
+    p.add_argument("--save", metavar="NAME", help="keep the result as RESULTS_DIR/NAME.json for later --compare")
+    p.add_argument("--compare", metavar="NAME", help="mark each figure IMPROVED, SAME or REGRESSED against the "
+                                                     "saved result NAME, beyond the rounds' own noise")
+    p.add_argument("--fail-on-regression", action="store_true", help="with --compare: exit 1 if a figure "
+                                                                      "REGRESSED")
+    p.add_argument("--tolerance", type=float, default=0.05, help="with --compare: the smallest relative change "
+                                                                  "called a change (default %(default)s)")
+    p.add_argument("--results-dir", default="bench-results", help="where --save and --compare keep results "
+                                                                  "(default %(default)s)")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m lra.bench", description=__doc__,
+    ap = _Parser(prog="python -m lra.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -62,6 +120,15 @@ def parser() -> argparse.ArgumentParser:
                                                           "CUDA: a cap on the free memory")
     b.add_argument("--margin", type=float, default=0.8)
     b.add_argument("overrides", nargs="*", help="Hydra overrides of the run config")
+
+    g = sub.add_parser("gpu", help="on a GPU: the GPU tests, then the attention and step benchmarks, one table")
+    g.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    g.add_argument("--task", default="listops-small", help="the step benchmark's task (default %(default)s)")
+    g.add_argument("--repeats", type=int, default=10, help="timed rounds (default %(default)s)")
+    g.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default %(default)s)")
+    g.add_argument("--no-tests", action="store_true", help="only the benchmarks")
+    g.add_argument("--json", metavar="PATH", help="write the full result as JSON")
+    g.add_argument("overrides", nargs="*", help="Hydra overrides of the step benchmark's config")
     return ap
 
 
@@ -90,22 +157,51 @@ def _configs(task: str, attentions: list[str], overrides: list[str]):
     return {name: compose([f"task={task}", f"attention={name}", *overrides]) for name in _attention_names(names)}
 
 
-def _finish(args, result, report: str, params: dict, metrics) -> None:
+def _check_history_args(args) -> None:
+    """Before any measuring: a bad name or a missing saved result fails at once."""
+    from lra.bench import history
+
+    if args.fail_on_regression and not args.compare:
+        raise ConfigError("--fail-on-regression", True, "needs a saved result to compare with",
+                          "add --compare NAME")
+    if not 0 <= args.tolerance < 1:
+        raise ConfigError("--tolerance", args.tolerance, "must lie in [0, 1)", "use e.g. --tolerance 0.05")
+    if args.save:
+        history.result_path(args.save, args.results_dir)
+    if args.compare:
+        history.load(args.compare, args.results_dir, benchmark=args.command)
+
+
+def _finish(args, result, report: str, params: dict, metrics) -> int:
+    """Print, write, log, save and compare; the exit status (1: a figure regressed and that should fail)."""
+    from lra.bench import history
     from lra.bench.output import log_to_mlflow, write_json
 
     print(report)
     if args.json:
         print(f"\nwrote {write_json(result, args.json)}")
+    status = 0
+    if args.compare:
+        saved = history.load(args.compare, args.results_dir, benchmark=result["benchmark"])
+        verdicts = history.compare(saved, result, tolerance=args.tolerance)
+        print("\n" + history.report(verdicts, args.compare, history.environment_notes(saved, result)))
+        if args.fail_on_regression and history.regressed(verdicts):
+            print(f"error: a figure REGRESSED against {args.compare}", file=sys.stderr)
+            status = 1
+    if args.save:
+        print(f"\nsaved {history.save(result, args.save, args.results_dir)}")
     if args.mlflow:
         run_id = log_to_mlflow(result, params, metrics, run_name=result["benchmark"])
         print(f"MLflow run {run_id} in experiment `bench`")
+    return status
 
 
-def attention(args) -> None:
+def attention(args) -> int:
     from lra.bench.attention import default_candidates, run_attention_bench
     from lra.bench.output import attention_metrics, attention_report
     from lra.config import resolve_device
 
+    _check_history_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -115,23 +211,24 @@ def attention(args) -> None:
                                  seed=args.seed, matmul_size=args.matmul_size,
                                  log=lambda m: print(m, file=sys.stderr, flush=True))
     params = {**{k: v for k, v in result["setup"].items()}, "device": str(device), "threads": torch.get_num_threads()}
-    _finish(args, result, attention_report(result), params, attention_metrics(result))
+    return _finish(args, result, attention_report(result), params, attention_metrics(result))
 
 
-def step(args) -> None:
+def step(args) -> int:
     from lra.bench.output import step_metrics, step_report
     from lra.bench.step import run_step_bench
 
+    _check_history_args(args)
     cfgs = _configs(args.task, args.attention, args.overrides)
     result = run_step_bench(cfgs, repeats=args.repeats, warmup=args.warmup, seed=args.seed,
                             log=lambda m: print(m, file=sys.stderr, flush=True))
     params = {k: v for k, v in result["setup"].items() if k not in ("model", "dataset")}
     params["overrides"] = " ".join(args.overrides)
-    _finish(args, result, step_report(result), params, step_metrics(result))
+    return _finish(args, result, step_report(result), params, step_metrics(result))
 
 
-def budget(args) -> None:
-    from lra.bench.budget import full_length_batch, probe_chunk_size
+def budget(args) -> int:
+    from lra.chunking import full_length_batch, probe_chunk_size
     from lra.config import resolve_device, resolve_precision
     from lra.step import autocast_context
     from lra.train import build_model
@@ -149,16 +246,33 @@ def budget(args) -> None:
                                   max_chunk=cfg.training.batch_size, memory_budget_mb=args.memory_budget_mb,
                                   margin=args.margin)
         print(f"{name}: {result.describe()}")
+    return 0
+
+
+def gpu(args) -> int:
+    from lra.bench.gpu import failed, gpu_table, run_gpu_check
+    from lra.bench.output import write_json
+
+    if not torch.cuda.is_available():
+        raise ConfigError("gpu", "cuda", "no CUDA device is visible to torch: nothing was run",
+                          "run it on a machine with a GPU and a CUDA build of torch")
+    result = run_gpu_check(lengths=args.lengths, task=args.task, repeats=args.repeats, warmup=args.warmup,
+                           overrides=args.overrides, tests=not args.no_tests,
+                           log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(gpu_table(result))
+    if args.json:
+        print(f"\nwrote {write_json(result, args.json)}")
+    return 1 if failed(result) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        {"attention": attention, "step": step, "budget": budget}[args.command](args)
+        check_args(args)
+        return {"attention": attention, "step": step, "budget": budget, "gpu": gpu}[args.command](args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

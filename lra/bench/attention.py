@@ -6,7 +6,9 @@ process; figures are given as ratios to softmax. A candidate is a registry name 
 `torch.compile`. Inputs: q, k, v of shape (B, heads, T, head_dim), float32, every token real; the backward
 pass gets a fixed random output gradient.
 
-Softmax's FLOPs: QKᵀ and PV are 2·T²·H each per head, 4·B·h·T²·H forward, three times that for fwd+bwd.
+Each row carries the mechanism's analytic fwd+bwd FLOPs (`lra.bench.flops`), the FLOP rate they imply, and
+that rate as a fraction of the float32 GEMM's rate measured in the same rounds. Softmax's FLOPs: QKᵀ and PV
+are 2·T²·H each per head, 4·B·h·T²·H forward, three times that for fwd+bwd.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from lra.attention import ATTENTIONS, build_attention
+from lra.bench.flops import attention_flops
 from lra.bench.measure import interleaved, memory_method, peak_memory, ratios, sdpa_kernels, timed
 from lra.errors import ConfigError
 
@@ -64,7 +67,7 @@ def parse_candidate(spec: str) -> Candidate:
 
 
 def flops_softmax_fwd_bwd(batch: int, heads: int, length: int, head_dim: int) -> float:
-    return 3 * 4 * batch * heads * length**2 * head_dim
+    return attention_flops("softmax", batch, heads, length, head_dim)
 
 
 def _fwd_bwd(module: Callable, q, k, v, mask, grad_out) -> Callable[[], None]:
@@ -151,6 +154,10 @@ def summarise(rows: list[dict], matmul: dict, setup: dict, device: torch.device)
     for r in rows:
         base = by[(ref, r["T"])]
         r.update(ratios(r, base))
+        gemm = matmul[r["T"]]
+        r["flops"] = attention_flops(r["name"], setup["batch"], setup["heads"], r["T"], setup["head_dim"])
+        r["flops_per_s"] = r["flops"] / r["time_median_s"] if r["flops"] else None
+        r["gemm_fraction"] = r["flops_per_s"] / (gemm["flops"] / gemm["time_median_s"]) if r["flops"] else None
     lengths = sorted(setup["lengths"])
     scaling = {}
     if len(lengths) >= 2:

@@ -19,7 +19,11 @@ def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-TEXT_COLUMNS = {"mechanism", "attention", "SDPA kernel"}
+TEXT_COLUMNS = {"mechanism", "attention", "SDPA kernel", "figure", "verdict", "check", "result", "figures"}
+
+
+def _giga(x: float | None) -> float | None:
+    return None if x is None else x / 1e9
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -38,16 +42,20 @@ def attention_report(result: dict[str, Any]) -> str:
            f"time: {env['timing']} ({s['warmup']} warm-up, {s['repeats']} timed)",
            f"peak memory: {env['memory_method']}",
            f"ratios to {ref} measured in the same rounds: time ratio = of medians; ratio of mins = of fastest runs; "
-           "paired = median of the per-round ratios"]
+           "paired = median of the per-round ratios",
+           "GFLOP: the mechanism's analytic fwd+bwd count (lra.bench.flops); of GEMM rate: GFLOP/s over the "
+           f"{s['matmul_size']}x{s['matmul_size']} float32 GEMM's GFLOP/s (median) in the same rounds"]
     compiled = any(r["compiled"] for r in result["results"])
     for T in s["lengths"]:
-        header = ["mechanism", "median ms", "min ms", "time ratio", "ratio of mins", "paired ratio", "peak MB",
-                  "memory ratio", "SDPA kernel"]
+        header = ["mechanism", "median ms", "min ms", "GFLOP", "GFLOP/s", "of GEMM rate", "time ratio",
+                  "ratio of mins", "paired ratio", "peak MB", "memory ratio", "SDPA kernel"]
         header += ["compile s"] if compiled else []
         rows = []
         for r in (r for r in result["results"] if r["T"] == T):
             row = [r["mechanism"], _f(1e3 * r["time_median_s"], ".1f"), _f(1e3 * r["time_min_s"], ".1f"),
-                   _f(r["time_ratio"], ".3f"), _f(r["time_ratio_min"], ".3f"), _f(r["time_ratio_paired"], ".3f"),
+                   _f(_giga(r.get("flops")), ".3g"), _f(_giga(r.get("flops_per_s")), ".3g"),
+                   _f(r.get("gemm_fraction"), ".3f"), _f(r["time_ratio"], ".3f"), _f(r["time_ratio_min"], ".3f"),
+                   _f(r["time_ratio_paired"], ".3f"),
                    _f(r["peak_memory_bytes"] / 2**20, ".1f"), _f(r["memory_ratio"], ".3f"),
                    ", ".join(r["sdpa_kernels"]) or "-"]
             rows.append(row + ([_f(r["compile_s"], ".1f")] if compiled else []))
@@ -134,7 +142,8 @@ def attention_metrics(result: dict[str, Any]) -> list[tuple[str, float, int]]:
         m += [(f"time_ms/{label}", 1e3 * r["time_median_s"], T), (f"time_ratio/{label}", r["time_ratio"], T),
               (f"time_ratio_paired/{label}", r["time_ratio_paired"], T),
               (f"peak_memory_mb/{label}", r["peak_memory_bytes"] / 2**20, T),
-              (f"memory_ratio/{label}", r["memory_ratio"], T)]
+              (f"memory_ratio/{label}", r["memory_ratio"], T),
+              (f"gemm_fraction/{label}", r.get("gemm_fraction"), T)]
     for label, v in result["scaling"].items():
         m += [(f"time_exponent/{label}", v["time_exponent"], 0), (f"memory_exponent/{label}", v["memory_exponent"], 0)]
     for T, v in result["softmax_matmul_fraction"].items():

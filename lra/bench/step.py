@@ -63,7 +63,8 @@ def run_step_bench(cfgs: dict[str, DictConfig], *, repeats: int = 10, warmup: in
     for name, cfg in cfgs.items():
         torch.manual_seed(t.seed)
         model = build_model(cfg).to(device)
-        optimizer = build_optimizer(model, cfg.training.learning_rate, cfg.training.weight_decay)
+        optimizer = build_optimizer(model, cfg.training.learning_rate, cfg.training.weight_decay,
+                                    cfg.training.optimizer)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         autocast = autocast_context(device, precision)
         for chunk in chunk_sizes(B):

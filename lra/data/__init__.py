@@ -20,7 +20,7 @@ import numpy as np
 from lra.data import image, listops, pathfinder, retrieval, snakes, text
 from lra.data.base import SPLITS, GeneratedLoader, Loader, ReleaseLoader
 from lra.data.params import check_sizes, parse
-from lra.data.store import Builder, fingerprint, open_prepared, params_key
+from lra.data.store import MANIFEST, Builder, fingerprint, open_prepared, params_key, token_dtype
 from lra.errors import ConfigError
 
 log = logging.getLogger("lra.data")
@@ -80,6 +80,75 @@ def task_info(data_cfg: Mapping) -> dict[str, int]:
     """What the model needs for this data: {seq_len, vocab_size (smallest that fits), num_classes}."""
     loader, _, params = parse(data_cfg, LOADERS)
     return {"seq_len": loader.seq_len(params), "vocab_size": loader.vocab_size, "num_classes": loader.num_classes}
+
+
+def reads_source(loader: Loader) -> bool:
+    """Whether `data.source` means anything to this loader (release files; not generated, not built in)."""
+    return isinstance(loader, ReleaseLoader) and not loader.builtin
+
+
+def source_readers(loader_name: str, data_cfg: Mapping | None = None) -> list[str]:
+    """The tasks (conf/task/) that read release files of the same data as `loader_name` (listops-generated ->
+    listops-release): the loaders named alike (the part before the first '-') that read a source. With
+    `data_cfg`, only those whose data node shares the most parameters with it (pathfinder128-generated ->
+    pathfinder128, by the resolution)."""
+    from lra.data.params import COMMON_KEYS
+    from lra.data.tasks import task_presets
+
+    family = loader_name.split("-")[0]
+    readers = {name for name, other in LOADERS.items() if reads_source(other) and name.split("-")[0] == family}
+    try:
+        presets = task_presets()
+    except Exception:  # a broken conf must not hide the error this is suggested for
+        return []
+    tasks = {task: spec["data"] for task, spec in presets.items() if spec["data"].get("loader") in readers}
+    if data_cfg is not None and tasks:
+        def shared(data: Mapping) -> int:
+            return sum(1 for k, v in data.items() if k not in COMMON_KEYS and k in data_cfg and data_cfg[k] == v)
+
+        best = max(shared(data) for data in tasks.values())
+        tasks = {task: data for task, data in tasks.items() if shared(data) == best}
+    return sorted(tasks)
+
+
+def check_source_used(data_cfg: Mapping, key: str = "data.source", switch: str = "task={}") -> None:
+    """Refuse a source the loader would silently ignore, naming the task that reads it (`switch` formats it)."""
+    loader, common, _ = parse(data_cfg, LOADERS)
+    if common.source is None or reads_source(loader):
+        return
+    what = "generated here" if isinstance(loader, GeneratedLoader) else "built in (" + loader.layout.split(": ", 1)[-1] + ")"
+    readers = source_readers(loader.name, data_cfg)
+    fix = f"drop {key}"
+    if readers:
+        fix += ", or use the task that reads release files: " + " or ".join(switch.format(t) for t in readers)
+    raise ConfigError(key, common.source, f"{loader.name} data are {what}, so the source would be ignored", fix)
+
+
+def prepared_manifest(data_cfg: Mapping, sizes: Mapping[str, int]) -> Path:
+    """Where the manifest of this config's prepared arrays is (or will be); reads nothing."""
+    loader, common, params = parse(data_cfg, LOADERS)
+    return prepared_folder(loader, common.root, params, check_sizes(sizes), common.seed) / MANIFEST
+
+
+@dataclass(frozen=True)
+class ArraysEstimate:
+    """What the arrays of a config weigh: bytes per sample and whether they are held in memory."""
+
+    bytes_per_sample: int
+    in_memory: bool  # copied into RAM at load (or, for generated data, drawn in RAM)
+    generated: bool
+
+    def total(self, sizes: Mapping[str, int]) -> int:
+        return self.bytes_per_sample * sum(int(n) for n in sizes.values())
+
+
+def arrays_estimate(data_cfg: Mapping, documents: int = 1) -> ArraysEstimate:
+    """Bytes per sample of the token, length and label arrays (`documents` = 2 for a dual-encoder task)."""
+    loader, common, params = parse(data_cfg, LOADERS)
+    itemsize = token_dtype(max(loader.vocab_size - 1, 0)).itemsize
+    per_sample = documents * (loader.seq_len(params) * itemsize + 4) + 8  # tokens, int32 lengths, int64 labels
+    generated = isinstance(loader, GeneratedLoader)
+    return ArraysEstimate(per_sample, common.in_memory or generated, generated)
 
 
 def load_splits(data_cfg: Mapping, sizes: Mapping[str, int], *, seed: int | None = None) -> dict[str, Split]:
@@ -156,7 +225,11 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
                           f"get the release files (layout: {loader.layout}); then run "
                           f"`{prepare_command(loader.name, params, common.root)}`, or set data.source=PATH")
     what = "generating" if isinstance(loader, GeneratedLoader) else "preparing"
-    log.info("%s %s data into %s (%s)", what, loader.name, folder, opened)
+    if not stale and (folder / MANIFEST).is_file():  # there, but damaged: worth a warning (printed without config)
+        log.warning("%s not used: %s; %s it again", folder, opened,
+                    "generating" if what == "generating" else "preparing")
+    else:
+        log.info("%s %s data into %s (%s)", what, loader.name, folder, opened)
     started = time.time()
     builder = Builder(folder)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 
@@ -64,11 +65,14 @@ def _data_config(args) -> dict:
 
 
 def _run(args, sizes=None, seed: int | None = None) -> int:
-    from lra.data import LOADERS, prepare
+    from lra.data import LOADERS, check_source_used, prepare
     from lra.data.base import GeneratedLoader
     from lra.data.tasks import task_preset
 
     data = _data_config(args)
+    if getattr(args, "source", None):
+        check_source_used(data, key="--source",
+                          switch=f"`python -m lra.data prepare {{}} --source {shlex.quote(args.source)}`")
     loader = LOADERS.get(data["loader"])
     if isinstance(loader, GeneratedLoader) and sizes is None:
         sizes = task_preset(args.task)["dataset"]

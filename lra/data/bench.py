@@ -16,6 +16,7 @@ import numpy as np
 # Token dtypes of the prepared arrays: the smallest that holds the loader's ids, except for bytes (text,
 # retrieval), whose arrays are uint8 unless a document holds the byte 0xFF (as the real releases do not).
 BYTE_LOADERS = ("text", "retrieval")
+MAX_BYTES = 1 << 28  # the synthetic token array per task is capped at 256 MB (rows gathered at random either way)
 
 
 def shape(task: str) -> tuple[int, int, np.dtype, bool]:
@@ -93,6 +94,7 @@ def bench_gather(tasks: list[str], batch: int, seconds: float) -> list[tuple]:
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
             n, T, dtype, dual = shape(task)
+            n = min(n, max(1000, MAX_BYTES // (T * np.dtype(dtype).itemsize)))  # Path-X's train split is 5 GB
             folder = Path(tmp) / task
             folder.mkdir()
             mapped_split = synthetic_split(folder, n, T, dtype, dual, rng)

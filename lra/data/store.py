@@ -2,8 +2,8 @@
 
 A folder is `<root>/<loader>/<key>`, the key a hash of everything that determines the arrays (loader, its
 preparation parameters, the format version; for generated tasks also the sample counts and the seed). The manifest
-records those parameters, the source's fingerprint and checksums, per-array shapes and dtypes, counts, label
-histograms and skipped/truncated counts. Arrays are written into a temporary folder that is renamed into place
+records those parameters, the source's fingerprint and checksums, per-array shapes, dtypes, sizes and sha256,
+counts, label histograms and skipped/truncated counts; a folder whose arrays disagree with it is not used. Arrays are written into a temporary folder that is renamed into place
 when complete, so a killed preparation never leaves a folder that looks valid. Nothing is pickled:
 `np.load(..., allow_pickle=False)` only.
 """
@@ -71,12 +71,16 @@ class Builder:
         folder for the same identity there, keep theirs unless `replace` (the old one is stale)."""
         manifest = dict(manifest)
         manifest["format_version"] = FORMAT_VERSION
-        manifest["arrays"] = {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in self.arrays.items()}
-        manifest["prepared_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        manifest["prepare_seconds"] = round(time.time() - self.started, 3)
         for arr in self.arrays.values():
             if isinstance(arr, np.memmap):
                 arr.flush()
+        manifest["arrays"] = {}
+        for name, arr in self.arrays.items():
+            file = self.tmp / f"{name}.npy"
+            manifest["arrays"][name] = {"shape": list(arr.shape), "dtype": str(arr.dtype),
+                                        "bytes": file.stat().st_size, "sha256": sha256_file(file)}
+        manifest["prepared_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        manifest["prepare_seconds"] = round(time.time() - self.started, 3)
         self.arrays.clear()
         with open(self.tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True)
@@ -103,8 +107,10 @@ class Builder:
 
 
 def open_prepared(folder: Path, identity: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]] | str:
-    """(manifest, arrays memory-mapped read-only) if `folder` holds complete arrays made with `identity`;
-    otherwise a one-line reason why not."""
+    """(manifest, arrays memory-mapped read-only) if `folder` holds complete, intact arrays made with `identity`;
+    otherwise a one-line reason why not (naming the file). Intact: each array has the manifest's shape, dtype,
+    size and sha256 (manifests written before sizes and checksums were recorded skip those two), and the labels
+    have the manifest's label histogram."""
     path = folder / MANIFEST
     if not path.is_file():
         return f"no {MANIFEST} in {folder}"
@@ -113,21 +119,86 @@ def open_prepared(folder: Path, identity: Mapping[str, Any]) -> tuple[dict[str, 
             manifest = json.load(f)
     except (OSError, ValueError) as error:
         return f"unreadable {path}: {error}"
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        return f"{path} {problem}"
     if manifest.get("format_version") != FORMAT_VERSION:
         return f"{path} has format version {manifest.get('format_version')}, this code writes {FORMAT_VERSION}"
     if manifest.get("identity") != json.loads(json.dumps(identity)):
         return f"{path} was prepared with other parameters"
     arrays = {}
-    for name, meta in manifest.get("arrays", {}).items():
+    for name, meta in manifest["arrays"].items():
         file = folder / f"{name}.npy"
         try:
+            size = file.stat().st_size
+            if "bytes" in meta and size != meta["bytes"]:
+                return f"{file} has {size} bytes, the manifest says {meta['bytes']}"
             arr = np.load(file, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as error:
             return f"cannot read {file}: {error}"
         if list(arr.shape) != meta["shape"] or str(arr.dtype) != meta["dtype"]:
             return f"{file} has shape {arr.shape} {arr.dtype}, the manifest says {meta['shape']} {meta['dtype']}"
+        if "sha256" in meta and sha256_file(file) != meta["sha256"]:
+            return f"{file} does not match its checksum in the manifest (changed since it was prepared)"
         arrays[name] = arr
+    problem = _labels_problem(manifest, arrays)
+    if problem is not None:
+        return f"{folder}: {problem}"
     return manifest, arrays
+
+
+def _manifest_problem(manifest: Any) -> str | None:
+    """Why a parsed manifest is not the object this code writes, or None."""
+    if not isinstance(manifest, dict):
+        return f"holds a JSON {type(manifest).__name__}, not the expected object"
+    arrays = manifest.get("arrays")
+    if not isinstance(arrays, dict) or not arrays:
+        return "lists no arrays"
+    for name, meta in arrays.items():
+        if (not isinstance(meta, dict) or not isinstance(meta.get("shape"), list)
+                or not all(isinstance(n, int) and n >= 0 for n in meta["shape"])
+                or not isinstance(meta.get("dtype"), str)
+                or not isinstance(meta.get("bytes", 0), int) or not isinstance(meta.get("sha256", ""), str)):
+            return f"has a malformed entry for the array {name!r}"
+        if "/" in name or "\\" in name or name.startswith("."):
+            return f"names an array outside its folder: {name!r}"
+    splits = manifest.get("splits", {})
+    if not isinstance(splits, dict) or not all(isinstance(v, dict) for v in splits.values()):
+        return "has a malformed 'splits' entry"
+    for split, info in splits.items():
+        histogram = info.get("label_histogram")
+        if histogram is not None and (not isinstance(histogram, dict)
+                                      or not all(isinstance(c, int) for c in histogram.values())):
+            return f"has a malformed label histogram for {split}"
+    return None
+
+
+def _labels_problem(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> str | None:
+    """Compare the label arrays with the manifest's label histograms: per split where each split has its own
+    `<split>.labels` array, else the sum over the splits against all label arrays together."""
+    histograms = {split: info["label_histogram"] for split, info in manifest.get("splits", {}).items()
+                  if "label_histogram" in info}
+    labels = {name.rsplit(".", 1)[0]: arr for name, arr in arrays.items() if name.endswith(".labels")}
+    if not histograms or not labels:
+        return None
+    if set(histograms) <= set(labels):
+        for split, expected in histograms.items():
+            if label_histogram(labels[split]) != expected:
+                return (f"the labels in {split}.labels.npy do not match the manifest's histogram "
+                        f"({label_histogram(labels[split])} against {expected})")
+        return None
+    expected: dict[str, int] = {}
+    for histogram in histograms.values():
+        for label, count in histogram.items():
+            expected[label] = expected.get(label, 0) + count
+    found: dict[str, int] = {}
+    for arr in labels.values():
+        for label, count in label_histogram(arr).items():
+            found[label] = found.get(label, 0) + count
+    if found != expected:
+        names = ", ".join(f"{name}.labels.npy" for name in sorted(labels))
+        return f"the labels in {names} do not match the manifest's histograms ({found} against {expected})"
+    return None
 
 
 def fingerprint(files: Iterable[Path]) -> dict[str, int]:

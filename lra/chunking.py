@@ -1,4 +1,5 @@
 """The automatic chunk size: the largest number of samples whose fwd+bwd fits a memory budget, with a margin.
+Training uses it for `gpu_memory.<attention>: auto`; `python -m lra.bench budget` prints its choice.
 
 `auto_chunk_size(model, example_batch, device=..., autocast=..., max_chunk=batch_size, memory_budget_mb=...)`
 probes fwd+bwd (cross-entropy on the logits, as the training step does) at chunk = 1, 2, 4, ... up to
@@ -7,7 +8,7 @@ A chunk fits when its measured peak plus `reserved_mb` is at most `margin` × th
 - CUDA: the budget is the free device memory (`torch.cuda.mem_get_info`, plus what torch's cache holds
   unused), capped at `memory_budget_mb` when one is given; a probe that runs out of memory does not fit.
 - CPU: the budget is `memory_budget_mb` (default: the machine's available memory), the peak is measured
-  with the CPU allocator's events (`lra.bench.measure`).
+  with the CPU allocator's events (`lra.memory`).
 The peak of a probe counts the activations and the parameter gradients; `reserved_mb` (default: twice the
 parameters, AdamW's two moments, not yet allocated when training starts) is added to it. The probe does not
 trim padding, so pass a batch at the task's full length (`full_length_batch`): the worst case of every chunk.
@@ -25,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra.bench.measure import peak_memory
 from lra.errors import ConfigError
+from lra.memory import peak_memory
 from lra.step import Batch
 
 log = logging.getLogger(__name__)

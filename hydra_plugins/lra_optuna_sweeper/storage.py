@@ -1,0 +1,91 @@
+"""Optuna storages from a URL, opened safely by many processes at once; the study attributes jobs read.
+
+Two sweepers (or a sweeper and its jobs) that open one fresh sqlite file at the same moment race to create its
+tables, and the loser's trials used to end FAIL. `file_lock(url)` serialises that first use across processes
+with a lock file beside the storage's file (`<db>.lock`, the same file `lra.stores.creation_lock` uses, so lra
+and the sweeper agree); the sweeper also holds it while it counts the study's trials and asks for the next
+one, so parallel workers never start more than `n_trials` trials. Server databases (PostgreSQL, MySQL) need no
+lock for their schema; for them a surplus trial is ended FAIL unlaunched (`_impl`).
+
+This module needs neither lra nor filelock: without `filelock` installed the lock is skipped (and creation
+falls back to retries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+log = logging.getLogger(__name__)
+
+PRUNER_ATTR = "lra_pruner"  # study user attribute: {"_target_": "optuna.pruners.MedianPruner", ...} or None
+RUN_ID_ATTR = "mlflow_run_id"  # trial user attribute: the MLflow run of the job that ran the trial
+SQLITE_TIMEOUT_S = 60  # parallel workers share one sqlite file; wait for its lock instead of failing
+LOCK_TIMEOUT_S = 600.0  # a schema migration can take a while; a stale lock file (no holder) never blocks
+
+
+def lock_path(url: str) -> Optional[Path]:
+    """The lock file for a storage: `<db>.lock` for `sqlite:///<db>`, `<file>.sweeper.lock` for a journal file
+    (Optuna's own journal lock is `<file>.lock`), None for server databases and in-memory sqlite."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].split("?", 1)[0]
+        return Path(path + ".lock") if path and path != ":memory:" else None
+    if "://" not in url:
+        return Path(url + ".sweeper.lock")
+    return None
+
+
+@contextlib.contextmanager
+def file_lock(url: str) -> Iterator[None]:
+    """Hold the inter-process lock of the storage at `url` (nothing for server databases)."""
+    path = lock_path(url)
+    if path is None:
+        yield
+        return
+    try:
+        from filelock import FileLock
+    except ImportError:  # the plugin stands alone: no lock, creation retries instead
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path), timeout=LOCK_TIMEOUT_S):
+        yield
+
+
+def can_lock(url: str) -> bool:
+    """Whether `file_lock(url)` really serialises processes (a file storage and filelock installed)."""
+    if lock_path(url) is None:
+        return False
+    try:
+        import filelock  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_storage(url: str) -> Any:
+    """An Optuna storage from a URL: any SQLAlchemy URL (`sqlite:///...`, `postgresql://...`) is an RDB
+    storage; anything else is the path of a journal file (`JournalFileBackend`, for NFS without a database)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
+    if url.startswith("sqlite:///"):
+        path = lock_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(5):  # without a lock (a server database, no filelock) creators may still race
+        try:
+            with file_lock(url):
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except Exception:  # noqa: BLE001 - IntegrityError on alembic_version, or a locked sqlite file
+            if attempt == 4:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
