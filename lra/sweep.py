@@ -89,18 +89,10 @@ def experiment_of(cfg: DictConfig) -> str:
 
 
 def ensure_experiment(client: Any, name: str) -> str:
-    """The id of experiment `name`, created if missing (parallel sweeps may race to create it)."""
-    for attempt in range(5):
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return client.create_experiment(name)
-        except Exception:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS or a locked sqlite file
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+    """The id of experiment `name`, created if missing, tagged as a training experiment (lra.tracking's rule)."""
+    from lra.tracking import ensure_experiment as ensure
+
+    return ensure(client, name)
 
 
 def _quote(value: str) -> str:
@@ -367,5 +359,8 @@ class SweepRunCallback(Callback):
                 self.client.set_tag(run_id, f"jobs_{state.lower()}", str(counts.get(state, 0)))
             self.client.set_terminated(run_id, status=status)
             log.info("sweep %s ended %s: %s", self.sweep_id, status, dict(counts))
+            from lra.tracking import ui_command  # the UI hint, once per sweep (its jobs print none)
+
+            print(f"Open the UI: {ui_command(self.client.tracking_uri, sweep_id=self.sweep_id)}")
         except Exception as error:  # noqa: BLE001 - at exit, report rather than mask the sweep's own error
             log.warning("could not end the sweep's parent run %s: %s", run_id, error)

@@ -1,7 +1,14 @@
-"""All MLflow calls: one run per job, tags, params, metrics, the composed config, and the final status."""
+"""All MLflow calls: one run per job, tags, params, metrics, the composed config, the dataset, and the final status.
+
+Experiments are created tagged as training experiments (`mlflow.experimentKind`), runs are named by what they
+are (`<attention>-<task>-s<seed>`, `-t<trial>` in Optuna searches), and the task's prepared data is the run's
+dataset input (name, the manifest's digest, split sizes), so the MLflow UI's runs table says what each run is.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import time
@@ -34,10 +41,86 @@ def tracking_uri(configured: Optional[str]) -> str:
     return f"sqlite:///{Path.cwd() / DEFAULT_STORE}"
 
 
-def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on this store."""
-    return (f"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri {uri} "
-            f"--workers 1 --host 127.0.0.1 --port 5000")
+def ui_command(uri: str, *, experiment: Optional[str] = None, sweep_id: Optional[str] = None) -> str:
+    """The command that opens the MLflow UI on this store, at this experiment and sweep (`python -m lra.ui`)."""
+    command = "python -m lra.ui"
+    if uri != tracking_uri(None):
+        command += f" --tracking-uri {redact(uri)}"  # a password stays out of the console
+    if sweep_id:
+        command += f" --sweep-id {sweep_id}"
+    elif experiment:
+        command += f" --experiment {experiment}"
+    return command
+
+
+# MLflow 3's experiment kind: the Python client never sets it; the UI's kind selector writes it. Ours are model
+# training ("Machine learning"), not GenAI apps. (3.17's UI picks its pages from its workflow switch, which
+# `python -m lra.ui` sets in the URL it prints; the tag records the kind for the selector and other clients.)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created if missing, tagged as a training experiment unless it already has a
+    kind (a user's choice in the UI stays). Parallel workers may race to create it: retried."""
+    for attempt in range(5):
+        try:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+            if EXPERIMENT_KIND_TAG not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+            return experiment.experiment_id
+        except Exception:  # noqa: BLE001 - RESOURCE_ALREADY_EXISTS or a locked sqlite file
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def run_name(cfg: DictConfig) -> str:
+    """tracking.run_name, else `<attention>-<task>-s<seed>`, with `-t<trial>` for a trial of an Optuna search."""
+    if cfg.tracking.run_name:
+        return str(cfg.tracking.run_name)
+    name = f"{cfg.attention.name}-{cfg.task}-s{cfg.training.seed}"
+    if cfg.sweep.trial_number is not None:
+        name += f"-t{cfg.sweep.trial_number}"
+    return name
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """A short hash of the prepared data's manifest (its identity, source fingerprint, arrays and counts; not
+    when or how fast it was prepared): equal digests, equal data."""
+    stable = {key: value for key, value in manifest.items() if key not in ("prepared_at", "prepare_seconds")}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def task_dataset(cfg: DictConfig) -> Optional[Any]:
+    """The run's MLflow dataset: the task's name, the prepared data's digest, its folder as the source, and as
+    profile the samples used per split and those available. None if the data is not prepared."""
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    from lra.data import prepared_manifest
+
+    found = prepared_manifest(cfg.data, cfg.dataset)
+    if found is None:
+        return None
+    folder, manifest = found
+    used = {split: int(cfg.dataset[split]) for split in ("train", "dev", "test")}
+    available = {split: int(info.get("count", 0)) for split, info in manifest.get("splits", {}).items()}
+    profile = {"samples": used, "available": available, "loader": manifest.get("loader")}
+
+    class TaskDataset(MetaDataset):
+        @property
+        def profile(self) -> Any:
+            return profile
+
+        def to_dict(self) -> dict[str, str]:
+            return {**super().to_dict(), "profile": json.dumps(profile)}
+
+    return TaskDataset(LocalArtifactDatasetSource(str(folder.resolve())), name=str(cfg.task),
+                       digest=manifest_digest(manifest))
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -51,15 +134,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _set_experiment(name: str) -> None:
-    for attempt in range(5):  # parallel workers may race to create the same experiment
-        try:
-            mlflow.set_experiment(name)
-            return
-        except Exception:  # noqa: BLE001 - mlflow raises several types for the race
-            if attempt == 4:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+def _set_experiment(uri: str, name: str) -> None:
+    mlflow.set_experiment(experiment_id=ensure_experiment(MlflowClient(uri), name))
 
 
 class RunTracker:
@@ -91,7 +167,7 @@ class RunTracker:
         mlflow.set_tracking_uri(self.uri)
         cfg = self.cfg
         experiment = cfg.tracking.experiment or cfg.task
-        _set_experiment(experiment)
+        _set_experiment(self.uri, experiment)
         if resume_run_id is not None:
             run = mlflow.start_run(run_id=resume_run_id, log_system_metrics=cfg.tracking.system_metrics)
             self.run_id = run.info.run_id
@@ -104,12 +180,14 @@ class RunTracker:
             tags["mlflow.parentRunId"] = str(cfg.sweep.parent_run_id)
         if cfg.sweep.trial_number is not None:
             tags["optuna_trial"] = str(cfg.sweep.trial_number)
-        run = mlflow.start_run(run_name=cfg.tracking.run_name, tags=tags,
-                               log_system_metrics=cfg.tracking.system_metrics)
+        run = mlflow.start_run(run_name=run_name(cfg), tags=tags, log_system_metrics=cfg.tracking.system_metrics)
         self.run_id = run.info.run_id
         container = OmegaConf.to_container(cfg, resolve=True)
         mlflow.log_params({key: redact(str(value)) for key, value in flatten(container).items()})
         mlflow.log_text(redact(OmegaConf.to_yaml(cfg)), "config.yaml")
+        dataset = task_dataset(cfg)
+        if dataset is not None:
+            mlflow.log_input(dataset, context="train")
         return self.run_id
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> None:

@@ -23,7 +23,6 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from lra.artifacts import log_model_artifacts
 from lra.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
@@ -34,13 +33,16 @@ from lra.devices import device_params
 from lra.distributed import Distributed, rank_zero_first, setup, teardown, wrap
 from lra.errors import ConfigError
 from lra.interrupt import Interrupted, StopSignals
+from lra.memory import model_peak_memory_mb
 from lra.model import LRAClassifier, count_parameters
 from lra.run_state import PeakMemory, Progress, QuietTracker, Run  # noqa: F401 (Progress, PeakMemory: API)
+from lra.progress import INTERVAL_S, EpochProgress
 from lra.schedule import build_scheduler
 from lra.step import StepStats, autocast_context, evaluate_batches, train_step
 from lra.stores import check_tracking_store
 from lra.sweep import completed_metrics
-from lra.tracking import RunTracker, TrackingError, tracking_uri, ui_command
+from lra.tracking import RunTracker, TrackingError, tracking_uri
+from lra.ui import ui_hint
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,9 @@ def _train_owned(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx
     run.tracker.end("FINISHED")
     if run.is_main:
         print(f"MLflow run {run.run_id} FINISHED: test_accuracy={metrics['test_accuracy']:.4f}")
-        print(f"Open the UI: {ui_command(run.tracker.uri)}")
+        hint = ui_hint(cfg, run.tracker.uri)  # None inside a multirun: the sweep prints it once
+        if hint:
+            print(hint)
     return metrics
 
 
@@ -277,6 +281,9 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
                             "resolved.num_parameters": count_parameters(model),
                             "resolved.chunk_size": chunk_size, "resolved.world_size": ctx.world_size,
                             **device_params()})
+        tracker.log_metrics({"model_peak_memory_mb": model_peak_memory_mb(  # the report's memory on a CPU
+            model, optimizer, splits["train"], chunk_size=chunk_size, device=device, autocast=autocast,
+            limit=limit)}, step=0)
     return run
 
 
@@ -288,45 +295,45 @@ def _fit(run: Run) -> None:
     # an epoch whose steps are done but whose evaluation is not (a stop during it) is evaluated on resume
     while progress.epoch < t.num_epochs and (progress.global_step < run.total_steps or progress.batch_in_epoch > 0):
         order = epoch_order(len(train_split), t.seed, progress.epoch)
-        bar = tqdm(total=run.steps_per_epoch, initial=progress.batch_in_epoch, desc=f"epoch {progress.epoch + 1}",
-                   file=sys.stderr, mininterval=1.0, dynamic_ncols=True, leave=False,
-                   disable=None if run.is_main else True)  # None: shown on a terminal, silent in logs
+        bar = EpochProgress(epoch=progress.epoch + 1, total=run.steps_per_epoch, initial=progress.batch_in_epoch,
+                            interval=INTERVAL_S if run.is_main else 0, tty=None if run.is_main else False)
         tic = time.perf_counter()
         batches = iterate_batches(train_split, t.batch_size, order=order, start=progress.batch_in_epoch,
                                   limit=run.limit, shard=run.dist.shard)
-        for b, batch in enumerate(batches, start=progress.batch_in_epoch):
-            if progress.global_step >= run.total_steps:
-                break
-            poison = t.debug_nan_at_step is not None and progress.global_step + 1 == t.debug_nan_at_step
-            stats = train_step(run.trained, to_device(batch, run.device), run.optimizer, chunk_size=run.chunk_size,
-                               autocast=run.autocast, scaler=run.scaler, grad_clip=t.grad_clip,
-                               label_smoothing=t.label_smoothing, poison_loss=poison, dist=run.dist,
-                               global_size=global_batch_size(len(train_split), t.batch_size, b))
-            run.memory.sample()
-            if not math.isfinite(stats.loss):  # the same on every rank: the sums were all-reduced
-                run.tracker.log_metrics({"train_loss": stats.loss}, step=progress.global_step + 1)
-                raise DivergedError(f"training diverged: non-finite loss {stats.loss} at step "
-                                    f"{progress.global_step + 1}")
-            lr = run.optimizer.param_groups[0]["lr"]
-            run.scheduler.step()
-            progress.add_step(stats, seconds=time.perf_counter() - tic)
-            bar.update(1)
-            if progress.global_step % t.log_every == 0:
-                window = progress.window
-                speed = window.count / max(progress.window_seconds, 1e-9)
-                run.log({"train_loss": window.loss, "train_accuracy": window.accuracy, "lr": lr,
-                         "samples_per_second": speed, "peak_memory_mb": run.peak_memory_mb()})
-                bar.set_postfix(loss=f"{window.loss:.3f}", acc=f"{window.accuracy:.3f}", sps=f"{speed:.0f}")
-                progress.reset_window()
-            at_epoch_end = progress.batch_in_epoch == run.steps_per_epoch
-            if run.stop_requested():
-                run.save_last()
-                run.stop.finish(progress.global_step)  # raises, or a launcher's handler took the signal
-            elif (t.checkpoint_every and progress.global_step % t.checkpoint_every == 0 and not at_epoch_end
-                    and progress.global_step < run.total_steps):
-                run.save_last()
-            tic = time.perf_counter()
-        bar.close()
+        try:
+            for b, batch in enumerate(batches, start=progress.batch_in_epoch):
+                if progress.global_step >= run.total_steps:
+                    break
+                poison = t.debug_nan_at_step is not None and progress.global_step + 1 == t.debug_nan_at_step
+                stats = train_step(run.trained, to_device(batch, run.device), run.optimizer, chunk_size=run.chunk_size,
+                                   autocast=run.autocast, scaler=run.scaler, grad_clip=t.grad_clip,
+                                   label_smoothing=t.label_smoothing, poison_loss=poison, dist=run.dist,
+                                   global_size=global_batch_size(len(train_split), t.batch_size, b))
+                run.memory.sample()
+                if not math.isfinite(stats.loss):  # the same on every rank: the sums were all-reduced
+                    run.tracker.log_metrics({"train_loss": stats.loss}, step=progress.global_step + 1)
+                    raise DivergedError(f"training diverged: non-finite loss {stats.loss} at step "
+                                        f"{progress.global_step + 1}")
+                lr = run.optimizer.param_groups[0]["lr"]
+                run.scheduler.step()
+                progress.add_step(stats, seconds=time.perf_counter() - tic)
+                bar.update(loss=stats.loss, samples=stats.count)
+                if progress.global_step % t.log_every == 0:
+                    window = progress.window
+                    speed = window.count / max(progress.window_seconds, 1e-9)
+                    run.log({"train_loss": window.loss, "train_accuracy": window.accuracy, "lr": lr,
+                             "samples_per_second": speed, "peak_memory_mb": run.peak_memory_mb()})
+                    progress.reset_window()
+                at_epoch_end = progress.batch_in_epoch == run.steps_per_epoch
+                if run.stop_requested():
+                    run.save_last()
+                    run.stop.finish(progress.global_step)  # raises, or a launcher's handler took the signal
+                elif (t.checkpoint_every and progress.global_step % t.checkpoint_every == 0 and not at_epoch_end
+                        and progress.global_step < run.total_steps):
+                    run.save_last()
+                tic = time.perf_counter()
+        finally:
+            bar.close()
         _end_epoch(run)
         run.save_last()
         if run.stop_requested():

@@ -240,7 +240,7 @@ def test_report_of_a_finished_sweep_reads_its_numbers_back_from_mlflow(store, gr
         assert row.runs == 1 and row.task == "listops-small"
         assert row.mean("accuracy") == run.data.metrics["test_accuracy"]
         assert row.mean("speed") == run.data.metrics["samples_per_second"]
-        assert row.mean("memory") == run.data.metrics["peak_memory_mb"]
+        assert row.mean("memory") == run.data.metrics["model_peak_memory_mb"]  # CPU: the model, not the RSS
     assert rows[0].ratios["accuracy"] == 1.0
     assert rows[1].ratios["speed"] == pytest.approx(rows[1].mean("speed") / rows[0].mean("speed"))
     logged = {item.path for item in store.client.list_artifacts(parent_id, "report")}

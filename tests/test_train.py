@@ -42,7 +42,8 @@ def test_one_run_lands_finished_with_tags_params_metrics_and_config(tmp_path: Pa
                                                tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     config = Path(path).read_text()
     assert "attention:\n  name: tpr" in config
-    assert run.info.run_id in result.stdout and "mlflow server --backend-store-uri" in result.stdout
+    assert run.info.run_id in result.stdout
+    assert "Open the UI: python -m lra.ui --experiment listops-small" in result.stdout
 
 
 def test_divergence_ends_the_run_failed_with_the_step_logged(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The attention registry: name -> per-head map `(q, k, v, mask) -> y` (see shared/design/attention.md).
+"""The attention registry: name -> per-head map `(q, k, v, mask) -> y` (the math: docs/attention.md).
 
 `ATTENTIONS[name](num_heads, head_dim, **options)`; `forward(q, k, v, mask)` with q, k, v of shape
 (B, heads, T, head_dim) and mask a bool (B, T), True for a real token; y has the shape of v.
