@@ -101,9 +101,9 @@ def task_dataset(cfg: DictConfig) -> Optional[Any]:
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 
-    from lra.data import prepared_manifest
+    from lra.data import read_prepared_manifest
 
-    found = prepared_manifest(cfg.data, cfg.dataset)
+    found = read_prepared_manifest(cfg.data, cfg.dataset)
     if found is None:
         return None
     folder, manifest = found
