@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lra.stores import redact
+from lra.stores import check_tracking_store, redact
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class RunTracker:
 
     def start(self, resume_run_id: Optional[str] = None, tags: Optional[Mapping[str, str]] = None) -> str:
         """Reopen `resume_run_id`, or create a new run (with `tags` beside the standard ones)."""
+        check_tracking_store(self.uri, create=True)  # a new sqlite file gets its schema under the creation lock
         mlflow.set_tracking_uri(self.uri)
         cfg = self.cfg
         experiment = cfg.tracking.experiment or cfg.task
