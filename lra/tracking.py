@@ -103,10 +103,12 @@ def task_dataset(cfg: DictConfig) -> Optional[Any]:
 
     from lra.data import prepared_manifest
 
-    found = prepared_manifest(cfg.data, cfg.dataset)
-    if found is None:
+    path = prepared_manifest(cfg.data, cfg.dataset)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    folder, manifest = found
+    folder = path.parent
     used = {split: int(cfg.dataset[split]) for split in ("train", "dev", "test")}
     available = {split: int(info.get("count", 0)) for split, info in manifest.get("splits", {}).items()}
     profile = {"samples": used, "available": available, "loader": manifest.get("loader")}

@@ -262,21 +262,4 @@ def prepare(data_cfg: Mapping, *, sizes: Mapping[str, int] | None = None, seed: 
     return prepared_folder(loader, common.root, params, sizes or {}, seed), manifest
 
 
-def prepared_manifest(data_cfg: Mapping, sizes: Mapping[str, int], *,
-                      seed: int | None = None) -> tuple[Path, dict] | None:
-    """(folder, manifest) of the prepared arrays `load_splits` reads for this config, or None if they are not
-    prepared yet; reads only the manifest (for the run's dataset input in MLflow)."""
-    import json
-
-    from lra.data.store import MANIFEST
-
-    loader, common, params = parse(data_cfg, LOADERS)
-    folder = prepared_folder(loader, common.root, params, check_sizes(sizes),
-                             common.seed if seed is None else int(seed))
-    try:
-        return folder, json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 __all__ = ["Split", "LOADERS", "sequence_length", "check_data_config", "load_splits", "task_info", "prepare"]
