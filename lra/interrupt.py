@@ -36,6 +36,15 @@ def exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
+def interrupt_signal(error: KeyboardInterrupt) -> int:
+    """The signal behind a KeyboardInterrupt: SIGINT, or the one a handler named (`KeyboardInterrupt("signal
+    15")`, as the sweepers raise it for SIGTERM)."""
+    words = str(error).split()
+    if len(words) == 2 and words[0] == "signal" and words[1].isdigit():
+        return int(words[1])
+    return int(signal.SIGINT)
+
+
 class Interrupted(SystemExit):
     """Training stopped on a signal after saving its checkpoint; exits with 128 + the signal number."""
 

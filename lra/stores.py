@@ -3,9 +3,9 @@
 MLflow and Optuna create their sqlite schema on first use, and both race when several processes open one
 fresh file at once (MLflow's alembic migration leaves `_alembic_tmp_*` tables behind and the file unusable).
 `creation_lock(uri)` serialises that first use across processes with a file lock beside the sqlite file;
-`check_tracking_store(uri)` opens the tracking store under that lock, so the schema exists before any job
-logs to it, and turns an unreachable server or an unwritable file into one `ConfigError` line within a
-bounded time, before any data is read.
+`check_tracking_store(uri)` turns an unreachable server or an unwritable file into one `ConfigError` line within
+a bounded time, before any data is read; with `create=True` (a run's start, a sweep's start) it also opens the
+store under that lock, so the schema exists before anything logs to it.
 """
 
 from __future__ import annotations
@@ -86,10 +86,16 @@ def _limit_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
-def check_tracking_store(uri: str, key: str = "tracking.uri", timeout: float = CHECK_TIMEOUT_S) -> None:
-    """Open the MLflow store at `uri` (creating its schema under the creation lock); raise ConfigError naming
-    the URI and the fix when it cannot be reached or written within `timeout` seconds."""
+def check_tracking_store(uri: str, key: str = "tracking.uri", timeout: float = CHECK_TIMEOUT_S,
+                         create: bool = False) -> None:
+    """Open the MLflow store at `uri`; raise ConfigError naming the URI and the fix when it cannot be reached
+    or written within `timeout` seconds. A sqlite file that does not exist yet is only checked to be creatable,
+    unless `create` (then its schema is made now, under the creation lock): a command refused later for
+    another reason leaves no store behind."""
     _check_sqlite_writable(uri, key)
+    path = sqlite_path(uri)
+    if path is not None and not path.exists() and not create:
+        return
     if uri.startswith(("http://", "https://")):
         _limit_http_retries()
 

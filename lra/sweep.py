@@ -34,7 +34,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lra.errors import ConfigError
-from lra.stores import LOCK_TIMEOUT_S, check_tracking_store, redact, sqlite_path
+from lra.stores import check_tracking_store, redact
 
 log = logging.getLogger(__name__)
 
@@ -280,9 +280,8 @@ class SweepRunCallback(Callback):
 
         self.sweep_id, self.pid = sweep_id_of(config), os.getpid()
         uri = tracking_uri_of(config)
-        try:  # the store's schema is made here, once, before any job can race to make it; a local sqlite file
-            # may wait for another sweep's migration under the creation lock, a server must answer at once
-            check_tracking_store(uri, **({"timeout": LOCK_TIMEOUT_S} if sqlite_path(uri) else {}))
+        try:  # the store's schema is made here, once, before any job can race to make it
+            check_tracking_store(uri, create=True)
         except ConfigError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)

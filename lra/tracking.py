@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lra.stores import redact
+from lra.stores import check_tracking_store, redact
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,12 @@ def task_dataset(cfg: DictConfig) -> Optional[Any]:
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 
-    from lra.data import prepared_manifest
+    from lra.data import read_prepared_manifest
 
-    path = prepared_manifest(cfg.data, cfg.dataset)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+    found = read_prepared_manifest(cfg.data, cfg.dataset)
+    if found is None:
         return None
-    folder = path.parent
+    folder, manifest = found
     used = {split: int(cfg.dataset[split]) for split in ("train", "dev", "test")}
     available = {split: int(info.get("count", 0)) for split, info in manifest.get("splits", {}).items()}
     profile = {"samples": used, "available": available, "loader": manifest.get("loader")}
@@ -166,6 +164,7 @@ class RunTracker:
 
     def start(self, resume_run_id: Optional[str] = None, tags: Optional[Mapping[str, str]] = None) -> str:
         """Reopen `resume_run_id`, or create a new run (with `tags` beside the standard ones)."""
+        check_tracking_store(self.uri, create=True)  # a new sqlite file gets its schema under the creation lock
         mlflow.set_tracking_uri(self.uri)
         cfg = self.cfg
         experiment = cfg.tracking.experiment or cfg.task

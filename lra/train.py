@@ -32,7 +32,7 @@ from lra.data import Split, load_splits, sequence_length
 from lra.devices import device_params
 from lra.distributed import Distributed, rank_zero_first, setup, teardown, wrap
 from lra.errors import ConfigError
-from lra.interrupt import Interrupted, StopSignals
+from lra.interrupt import Interrupted, StopSignals, interrupt_signal
 from lra.memory import model_peak_memory_mb
 from lra.model import LRAClassifier, count_parameters
 from lra.run_state import PeakMemory, Progress, QuietTracker, Run  # noqa: F401 (Progress, PeakMemory: API)
@@ -181,7 +181,7 @@ def _train_owned(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx
               f"to resume when the store is back", file=sys.stderr)
         raise SystemExit(1) from None
     except (Interrupted, KeyboardInterrupt) as error:
-        signum = error.signum if isinstance(error, Interrupted) else signal.SIGINT
+        signum = error.signum if isinstance(error, Interrupted) else interrupt_signal(error)
         run.tracker.end("KILLED", tags={"interrupted": "true", "interrupt_signal": signal.Signals(signum).name})
         if run.is_main:
             print(f"interrupted at step {run.progress.global_step} ({signal.Signals(signum).name}); run the same "
@@ -256,9 +256,9 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
               limit=limit, steps_per_epoch=steps_per_epoch, total_steps=total_steps, store=store, tracker=tracker,
               stop=stop, memory=PeakMemory(device), progress=progress)
     if run.stop_requested():  # a signal during start-up: nothing trained, nothing to save
-        if ctx.is_main:
+        if ctx.is_main and not stop.launcher_handles(stop.requested):
             print(f"interrupted before training started ({signal.Signals(stop.requested).name})", file=sys.stderr)
-        raise Interrupted(stop.requested, progress.global_step)
+        stop.finish(progress.global_step)  # raises, or hands the signal to the launcher (submitit requeues)
 
     if cfg.sweep.storage is not None and ctx.is_main:  # a job of an Optuna sweep: report to its trial
         from lra.trial import open_trial

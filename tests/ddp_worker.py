@@ -42,8 +42,9 @@ def run(ctx: Distributed, attention: str = "softmax", epochs: int = 2) -> dict:
     for epoch in range(epochs):
         order = epoch_order(N, 0, epoch)
         for b, batch in enumerate(iterate_batches(data, BATCH, order=order, shard=ctx.shard)):
-            stats = train_step(trained, to_device(batch, ctx.device), optimizer, chunk_size=CHUNK, autocast=contextlib.nullcontext(),
-                               scaler=scaler, grad_clip=1.0, dist=ctx, global_size=global_batch_size(N, BATCH, b))
+            stats = train_step(trained, to_device(batch, ctx.device), optimizer, chunk_size=CHUNK,
+                               autocast=contextlib.nullcontext(), scaler=scaler, grad_clip=1.0, dist=ctx,
+                               global_size=global_batch_size(N, BATCH, b))
             losses.append((stats.loss_sum, stats.correct, stats.count))
     assert len(losses) == epochs * num_batches(N, BATCH)
     dev = evaluate_batches(trained, iterate_batches(data, 4, shard=ctx.shard), chunk_size=3,

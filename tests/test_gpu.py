@@ -51,7 +51,7 @@ def _update(precision: str, chunk: int, scaler: torch.amp.GradScaler | None = No
     model = _model()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    scaler = scaler or torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = scaler or torch.amp.GradScaler(CUDA.type, enabled=precision == "fp16")
     stats = train_step(model, _batch(), optimizer, chunk_size=chunk, autocast=autocast_context(CUDA, precision),
                        scaler=scaler)
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
@@ -78,7 +78,7 @@ def test_mixed_precision_chunked_step_follows_the_float32_update(precision):
 def test_fp16_scaler_steps_once_per_batch_across_chunks():
     """growth_interval=1 doubles the scale at every `update()` without an overflow: after one batch of four
     chunks the scale has doubled once, not four times, and the update is the unscaled one."""
-    scaler = torch.amp.GradScaler("cuda", init_scale=2.0**10, growth_factor=2.0, growth_interval=1)
+    scaler = torch.amp.GradScaler(CUDA.type, init_scale=2.0**10, growth_factor=2.0, growth_interval=1)
     update, scaler, _ = _update("fp16", chunk=3, scaler=scaler)
     assert scaler.get_scale() == 2.0**11
     reference, _, _ = _update("fp32", chunk=12)

@@ -38,3 +38,23 @@ def test_every_mechanism_takes_two_steps_on_path_x(attention: str, tmp_path_fact
     assert run.data.params["resolved.total_steps"] == "2"
     print(f"Path-X {attention}: 2 steps + eval in {seconds:.1f} s, peak memory {metrics['peak_memory_mb']:.0f} MB, "
           f"{metrics['samples_per_second']:.2f} samples/s")
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.gpu), "cpu"])
+def test_attention_benchmark_covers_the_path_x_length(device: str) -> None:
+    """`python -m lra.bench attention --lengths 16384`: every mechanism is measured at T = 16,384 (on the CPU the
+    quadratic ones take minutes: there only softmax and the two linear ones)."""
+    import torch
+
+    from lra.bench.attention import default_candidates, run_attention_bench
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+    names = None if device == "cuda" else ["softmax", "hrr-bundled", "tpr"]
+    candidates = default_candidates(names, False)
+    result = run_attention_bench(candidates, lengths=[16384], batch=1, heads=2, head_dim=32, repeats=1, warmup=0,
+                                 device=torch.device(device), matmul_size=256, log=lambda _: None)
+    rows = {row["mechanism"]: row for row in result["results"]}
+    assert set(rows) == {c.label for c in candidates} and rows["softmax"]["T"] == 16384
+    for row in rows.values():
+        assert row["T"] == 16384 and row["time_median_s"] > 0 and row["peak_memory_bytes"] > 0

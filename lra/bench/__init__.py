@@ -3,6 +3,6 @@ interleaved in one process, and the chunk size `gpu_memory.<attention>: auto` pi
 
 Modules: `measure` (interleaved timing; peak memory comes from `lra.memory`), `attention` (the per-mechanism
 fwd+bwd benchmark over sequence lengths), `step` (the whole training step per chunk size, and the data loader),
-`flops` (analytic FLOP counts per mechanism), `history` (saved results and the comparison with them), `output`
-(tables, JSON, MLflow).
+`flops` (analytic FLOP counts per mechanism), `history` (saved results and the comparison with them), `gpu`
+(the GPU tests and both benchmarks on a GPU, one table), `output` (tables, JSON, MLflow).
 """

@@ -124,10 +124,12 @@ def check_source_used(data_cfg: Mapping, key: str = "data.source", switch: str =
     raise ConfigError(key, common.source, f"{loader.name} data are {what}, so the source would be ignored", fix)
 
 
-def prepared_manifest(data_cfg: Mapping, sizes: Mapping[str, int]) -> Path:
-    """Where the manifest of this config's prepared arrays is (or will be); reads nothing."""
+def prepared_manifest(data_cfg: Mapping, sizes: Mapping[str, int], *, seed: int | None = None) -> Path:
+    """Where the manifest of this config's prepared arrays is (or will be); reads nothing. `seed` overrides
+    `data.seed`."""
     loader, common, params = parse(data_cfg, LOADERS)
-    return prepared_folder(loader, common.root, params, check_sizes(sizes), common.seed) / MANIFEST
+    return prepared_folder(loader, common.root, params, check_sizes(sizes),
+                           common.seed if seed is None else int(seed)) / MANIFEST
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,19 @@ def prepare(data_cfg: Mapping, *, sizes: Mapping[str, int] | None = None, seed: 
         raise ConfigError("dataset", None, "a generated task needs sample counts", "give dataset sizes")
     manifest, _ = _prepared(loader, common, params, sizes or {}, seed, force=force)
     return prepared_folder(loader, common.root, params, sizes or {}, seed), manifest
+
+
+def read_prepared_manifest(data_cfg: Mapping, sizes: Mapping[str, int], *,
+                           seed: int | None = None) -> tuple[Path, dict] | None:
+    """(folder, manifest) of the prepared arrays `load_splits` reads for this config, or None if they are not
+    prepared yet; reads only the manifest (for the run's dataset input in MLflow)."""
+    import json
+
+    path = prepared_manifest(data_cfg, sizes, seed=seed)
+    try:
+        return path.parent, json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 __all__ = ["Split", "LOADERS", "sequence_length", "check_data_config", "load_splits", "task_info", "prepare"]
