@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from lra.errors import ConfigError
-from lra.preflight import check_against_data, check_machine  # noqa: F401 (check_against_data: for lra.train)
+from lra.preflight import check_against_data, check_machine
 
 SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
 OPTIMIZERS = ("adamw", "sgd")
@@ -322,3 +322,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     check_machine(typed)  # folders writable, arrays within memory: the machine, not the config alone
     OmegaConf.set_readonly(typed, True)
     return typed
+
+
+__all__ = ["Schema", "validate", "resolve_device", "resolve_precision", "check_against_data", "OBJECTIVES",
+           "SCHEDULERS", "DEVICES", "PRECISIONS"]

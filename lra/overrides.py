@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -106,7 +107,7 @@ class Composer:
 # parsing
 
 
-def _parse(text: str, composer: Optional["Composer"] = None) -> Any:
+def _parse(text: str, composer: Optional[Composer] = None) -> Any:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     loader = composer.hydra.config_loader if composer is not None else None

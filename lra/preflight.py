@@ -1,7 +1,7 @@
 """The config against the machine and the data: checks that need more than the config itself.
 
-`check_machine(cfg)` (called by `lra.config.validate`, before any data is read or any run exists): the folders a
-run writes (`checkpoint.dir`, and `data.root` when its arrays are not prepared yet) can be written, probed at the
+`check_machine(cfg)` (called by `lra.config.validate`, before any data is read or any run exists): release
+data are prepared or have a source (its layout, by file names); the folders a run writes (`checkpoint.dir`, and `data.root` when its arrays are not prepared yet) can be written, probed at the
 nearest existing folder with a temporary file deleted at once, so nothing is created; the data arrays fit the
 available memory (and, to be generated, the free disk). `check_against_data(cfg, splits)` (called by
 `lra.train.train` right after loading the data, before the MLflow run starts): the model's vocabulary and class
@@ -62,11 +62,11 @@ def check_writable(key: str, value: str, why: str) -> None:
 
 def check_machine(cfg: Any) -> None:
     """Folders writable, data arrays within memory and disk. `cfg` is the validated config."""
-    from lra.data import arrays_estimate, prepared_manifest
+    from lra.data import arrays_estimate, check_inputs
 
     check_writable("checkpoint.dir", cfg.checkpoint.dir, "each run saves its checkpoints there")
     sizes = {split: int(cfg.dataset[split]) for split in ("train", "dev", "test")}
-    prepared = prepared_manifest(cfg.data, sizes).is_file()
+    prepared = check_inputs(cfg.data, sizes)  # release data: prepared, or a source to prepare them from
     if not prepared:
         check_writable("data.root", cfg.data.root, "the task's arrays are not prepared there yet and would be "
                                                    "written there")

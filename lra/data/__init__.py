@@ -194,6 +194,42 @@ def prepared_folder(loader: Loader, root: str | Path, params, sizes: dict[str, i
     return Path(root) / loader.name / params_key(loader.identity(params, sizes, seed))
 
 
+def _locate(loader: ReleaseLoader, common, params) -> Path:
+    """The folder of the release files under `data.source` (by their names only), or the ConfigError that names
+    the layout and the prepare command."""
+    try:
+        return loader.locate(Path(common.source), params)
+    except ConfigError as error:
+        from lra.data.tasks import prepare_command
+
+        command = prepare_command(loader.name, params, common.root)
+        raise ConfigError(error.key, error.value, error.problem, f"{error.fix}; then run `{command}` (or "
+                                                                 "set data.source to that folder)") from None
+
+
+def _no_source(loader: ReleaseLoader, common, params, folder: Path, reason: str) -> ConfigError:
+    from lra.data.tasks import prepare_command
+
+    return ConfigError("data.source", None,
+                       f"no prepared {loader.name} data in {folder} ({reason}) and no source to prepare it from",
+                       f"get the release files (layout: {loader.layout}); then run "
+                       f"`{prepare_command(loader.name, params, common.root)}`, or set data.source=PATH")
+
+
+def check_inputs(data_cfg: Mapping, sizes: Mapping[str, int]) -> bool:
+    """Before any data is read: release data have their prepared arrays, or a source whose layout is there
+    (file names only); else the ConfigError `load_splits` would raise. True when the prepared manifest exists."""
+    loader, common, params = parse(data_cfg, LOADERS)
+    folder = prepared_folder(loader, common.root, params, check_sizes(sizes), common.seed)
+    prepared = (folder / MANIFEST).is_file()
+    if reads_source(loader):
+        if common.source is not None:
+            _locate(loader, common, params)
+        elif not prepared:
+            raise _no_source(loader, common, params, folder, f"no {MANIFEST} there")
+    return prepared
+
+
 def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, force: bool = False):
     """(manifest, arrays): reuse the prepared folder when its manifest matches, else prepare/generate it."""
     identity = loader.identity(params, sizes, seed)
@@ -203,15 +239,8 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
     if force and isinstance(opened, tuple):
         opened = "asked to prepare again"
     source_folder = None
-    if isinstance(loader, ReleaseLoader) and not loader.builtin and common.source is not None:
-        try:
-            source_folder = loader.locate(Path(common.source), params)
-        except ConfigError as error:
-            from lra.data.tasks import prepare_command
-
-            command = prepare_command(loader.name, params, common.root)
-            raise ConfigError(error.key, error.value, error.problem, f"{error.fix}; then run `{command}` (or "
-                                                                     "set data.source to that folder)") from None
+    if reads_source(loader) and common.source is not None:
+        source_folder = _locate(loader, common, params)
         if isinstance(opened, tuple):
             now = fingerprint(loader.source_files(source_folder, params))
             if opened[0].get("source_fingerprint") != now:
@@ -219,13 +248,8 @@ def _prepared(loader: Loader, common, params, sizes: dict[str, int], seed: int, 
                 stale = True
     if isinstance(opened, tuple):
         return opened
-    if isinstance(loader, ReleaseLoader) and not loader.builtin and source_folder is None:
-        from lra.data.tasks import prepare_command
-
-        raise ConfigError("data.source", None,
-                          f"no prepared {loader.name} data in {folder} ({opened}) and no source to prepare it from",
-                          f"get the release files (layout: {loader.layout}); then run "
-                          f"`{prepare_command(loader.name, params, common.root)}`, or set data.source=PATH")
+    if reads_source(loader) and source_folder is None:
+        raise _no_source(loader, common, params, folder, opened)
     what = "generating" if isinstance(loader, GeneratedLoader) else "preparing"
     if not stale and (folder / MANIFEST).is_file():  # there, but damaged: worth a warning (printed without config)
         log.warning("%s not used: %s; %s it again", folder, opened,
