@@ -462,3 +462,22 @@ def test_bench_arguments_as_a_command(tmp_path: Path, argv: list[str]) -> None:
     line = error_line(result)
     assert line.startswith(f"error: {argv[1]}={argv[2]}: ")
     assert result.stdout == ""
+
+
+def test_missing_release_source_is_found_before_any_data_is_read(tmp_path: Path) -> None:
+    """validate refuses release data that are neither prepared nor have a source (so before the tracking store
+    or any run exists), and a source without the release layout; prepared data need no source."""
+    from lra.compose import compose_config
+    from lra.config import validate
+    from lra.data import check_inputs
+
+    base = ["task=image-small", f"data.root={tmp_path / 'data'}", f"checkpoint.dir={tmp_path / 'c'}"]
+    cfg = compose_config(base)
+    assert check_inputs(cfg.data, cfg.dataset) is False  # built in: nothing needed, nothing prepared yet
+    text = ["task=text-small", f"data.root={tmp_path / 'data'}", f"checkpoint.dir={tmp_path / 'c'}"]
+    with pytest.raises(ConfigError, match=r"data\.source=None: no prepared text data .*python -m lra\.data "
+                                          r"prepare text-small --source PATH"):
+        validate(compose_config(text))
+    with pytest.raises(ConfigError, match=r"data\.source='.*nowhere': does not exist"):
+        validate(compose_config([*text, f"data.source={tmp_path / 'nowhere'}"]))
+    assert not (tmp_path / "data").exists() and not (tmp_path / "c").exists()
