@@ -96,7 +96,7 @@ SWEEPS = {"grid": ("-m", "attention=softmax,tpr"),
                      "hydra/sweeper/pruner=nop")}
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("sweeper, signum", [("grid", signal.SIGINT), ("optuna", signal.SIGTERM)])
 def test_an_interrupted_sweep_ends_its_running_job_and_its_parent_run_killed(tmp_path, sweeper, signum):
     env = {key: value for key, value in os.environ.items() if not key.startswith("LRA_SWEEP")}

@@ -70,6 +70,7 @@ def test_evaluate_a_checkpoint_folder_other_splits_and_overrides(finished):
     assert "evaluate/dev_accuracy" not in client.get_run(run.info.run_id).data.metrics
 
 
+@pytest.mark.long
 def test_user_errors_are_one_line_and_exit_2(finished):
     tmp, _, run = finished
     missing = evaluate(tmp, "0123456789abcdef0123456789abcdef")
