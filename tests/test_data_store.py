@@ -273,7 +273,7 @@ def test_zeroed_labels_in_a_shared_array_are_noticed(tmp_path):
     assert isinstance(reason, str) and "all.labels.npy do not match the manifest's histograms" in reason
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_cli_with_damaged_manifests(tmp_path):
     """The real commands: generated data with a manifest of `[]` are drawn again (exit 0); prepared release data
     with one, and no source, end in one error line naming the file (exit 2)."""

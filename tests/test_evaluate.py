@@ -58,6 +58,7 @@ def test_evaluate_run_id_reproduces_the_test_accuracy_exactly_and_logs_it(finish
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.long
 def test_evaluate_a_checkpoint_folder_other_splits_and_overrides(finished):
     tmp, client, run = finished
     (folder,) = [p for p in (tmp / "checkpoints").iterdir() if (p / "model").is_dir()]

@@ -156,7 +156,8 @@ def _corrupt(path: Path, how: str) -> None:
         torch.save({"state_dict": {"w": torch.zeros(2)}}, path)
 
 
-@pytest.mark.parametrize("how", ["truncated", "garbage", "foreign"])
+@pytest.mark.parametrize("how", ["truncated", pytest.param("garbage", marks=pytest.mark.long),
+                                 pytest.param("foreign", marks=pytest.mark.long)])
 def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_is_used(tmp_path: Path, how: str) -> None:
     process = _start(tmp_path, *LONG)
     _wait_mid_epoch(tmp_path, process)
@@ -178,6 +179,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_is_used(tmp_
     assert run.info.status == "FINISHED" and previous_step > 0
 
 
+@pytest.mark.long
 def test_a_completed_config_keeps_its_files_until_the_new_run_has_started(tmp_path: Path) -> None:
     done = launch(tmp_path, *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
