@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch.py"
@@ -43,3 +45,24 @@ def launch(tmp: Path, *overrides: str, multirun: bool = False, timeout: float = 
     """Run launch.py with overrides in `tmp` (its own MLflow store, data cache and checkpoints)."""
     return subprocess.run(launch_args(tmp, *overrides, multirun=multirun), cwd=tmp, env=launch_env(tmp),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for_mid_epoch_checkpoint(tmp: Path, process: subprocess.Popen, timeout: float = 300,
+                                  why_ended: Optional[Callable[[], str]] = None) -> dict:
+    """The first checkpoint under `tmp/checkpoints` saved inside an epoch (so `process` is then training).
+    `why_ended` tells what the process printed, should it end first."""
+    import torch
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for path in (tmp / "checkpoints").glob("*/last.pt"):
+            try:
+                state = torch.load(path, weights_only=True)
+            except Exception:  # noqa: BLE001 - a file being replaced; the rename makes the next read whole
+                continue
+            if state["progress"]["batch_in_epoch"] > 0:
+                return state
+        assert process.poll() is None, ("the run ended before a mid-epoch checkpoint was seen: "
+                                        + (why_ended() if why_ended else ""))
+        time.sleep(0.02)
+    raise AssertionError("no mid-epoch checkpoint appeared")

@@ -9,7 +9,6 @@ import contextlib
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -17,7 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from helpers import TINY, launch, launch_args, launch_env
+from helpers import TINY, launch, launch_args, launch_env, wait_for_mid_epoch_checkpoint
 
 pytestmark = pytest.mark.long
 
@@ -119,29 +118,14 @@ def test_two_ranks_train_the_one_process_model(one_process: Path, tmp_path: Path
     assert not list((tmp_path / "tmp").glob("lra-rank*"))
 
 
-def _wait_for_mid_epoch_checkpoint(tmp: Path, process: subprocess.Popen, timeout: float = 400) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for path in (tmp / "checkpoints").glob("*/last.pt"):
-            try:
-                state = torch.load(path, weights_only=True)
-            except Exception:  # noqa: BLE001 - only a complete file counts
-                continue
-            if state["progress"]["batch_in_epoch"] > 0:
-                return state
-        assert process.poll() is None, ("the run ended before a mid-epoch checkpoint was seen: "
-                                        + (tmp / "torchrun.log").read_text()[-3000:])
-        time.sleep(0.02)
-    raise AssertionError("no checkpoint appeared")
-
-
 def test_killed_under_two_ranks_resumes_under_one(one_process: Path, tmp_path: Path) -> None:
     with open(tmp_path / "torchrun.log", "w") as log:
         process = subprocess.Popen(torchrun_args(tmp_path, 2, *RUN), cwd=tmp_path, env=torchrun_env(tmp_path),
                                    stdout=log, stderr=subprocess.STDOUT)
     ranks = []
     try:
-        state = _wait_for_mid_epoch_checkpoint(tmp_path, process)
+        state = wait_for_mid_epoch_checkpoint(tmp_path, process, timeout=400,
+                                              why_ended=lambda: (tmp_path / "torchrun.log").read_text()[-3000:])
         ranks = psutil.Process(process.pid).children(recursive=True)
     finally:
         # torchrun starts each rank in a session of its own: kill the ranks and torchrun, one by one, at once

@@ -18,7 +18,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from helpers import TINY, launch, launch_args, launch_env
+from helpers import TINY, launch, launch_args, launch_env, wait_for_mid_epoch_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -43,20 +43,8 @@ def _checkpoint_file(tmp: Path, name: str = "last.pt") -> Path:
     return found[0]
 
 
-def _wait_mid_epoch(tmp: Path, process: subprocess.Popen, timeout: float = 300) -> dict:
-    """The first checkpoint saved inside an epoch (the process is then training)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for path in (tmp / "checkpoints").glob("*/last.pt"):
-            try:
-                state = torch.load(path, weights_only=True)
-            except Exception:  # noqa: BLE001 - a file being replaced; the rename makes the next read whole
-                continue
-            if state["progress"]["batch_in_epoch"] > 0:
-                return state
-        assert process.poll() is None, f"the run ended first: {process.communicate()[1][-2000:]}"
-        time.sleep(0.02)
-    raise AssertionError("no mid-epoch checkpoint appeared")
+def _wait_mid_epoch(tmp: Path, process: subprocess.Popen) -> dict:
+    return wait_for_mid_epoch_checkpoint(tmp, process, why_ended=lambda: process.communicate()[1][-2000:])
 
 
 def _last_line(text: str) -> str:
@@ -79,7 +67,8 @@ def test_runs_started_at_once_on_a_fresh_folder_all_finish_and_the_store_stays_u
 
 
 def test_a_second_command_for_a_running_config_is_refused_and_touches_nothing(tmp_path: Path) -> None:
-    overrides = (*LONG, "dataset.train=4000")  # 250 steps an epoch: still training when the second one starts
+    # 250 steps an epoch for 50 epochs: still training when the second one starts (it is stopped below)
+    overrides = (*LONG, "dataset.train=4000", "training.num_epochs=50")
     first = _start(tmp_path, *overrides)
     _wait_mid_epoch(tmp_path, first)
     second = launch(tmp_path, *overrides, timeout=300)

@@ -3,14 +3,12 @@ metrics of an uninterrupted run with the same seed."""
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
-from helpers import TINY, launch, launch_args, launch_env
+from helpers import TINY, launch, launch_args, launch_env, wait_for_mid_epoch_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +23,6 @@ def _only_run(tmp: Path):
     return client, runs[0]
 
 
-def _wait_for_mid_epoch_checkpoint(tmp: Path, process: subprocess.Popen, timeout: float = 240) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for path in (tmp / "checkpoints").glob("*/last.pt"):
-            try:
-                state = torch.load(path, weights_only=True)
-            except Exception:  # noqa: BLE001 - only a complete file counts; rename makes it atomic
-                continue
-            if state["progress"]["batch_in_epoch"] > 0:
-                return state
-        assert process.poll() is None, "the run ended before a mid-epoch checkpoint was seen"
-        time.sleep(0.01)
-    raise AssertionError("no checkpoint appeared")
-
-
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
     whole_dir.mkdir()
@@ -49,7 +32,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
 
     process = subprocess.Popen(launch_args(killed_dir, *RUN), cwd=killed_dir, env=launch_env(killed_dir),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = _wait_for_mid_epoch_checkpoint(killed_dir, process)
+    state = wait_for_mid_epoch_checkpoint(killed_dir, process)
     process.send_signal(signal.SIGKILL)
     assert process.wait(30) == -signal.SIGKILL
     client, run = _only_run(killed_dir)
