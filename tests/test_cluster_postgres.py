@@ -11,11 +11,8 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -27,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from lra.sweep import PARENT_TAG, child_runs
+
+from mlflow_server import free_port, wait_until_up
 
 pytestmark = pytest.mark.long
 
@@ -148,29 +147,9 @@ def test_two_optuna_workers_started_at_once_share_one_study_on_postgresql(tmp_pa
         assert postgres.password not in text, path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(base: str, server: subprocess.Popen, log: Path, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow server exited {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"mlflow server did not start in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 def test_a_grid_logs_through_an_mlflow_server_on_postgresql(tmp_path, postgres):
     backend = postgres.database("mlflow")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
@@ -181,7 +160,7 @@ def test_a_grid_logs_through_an_mlflow_server_on_postgresql(tmp_path, postgres):
         cwd=tmp_path, env={**postgres.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=server_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_until_up(base, server, server_log)
+        wait_until_up(base, server, server_log, timeout=240)
         env = {**postgres.env(), "MLFLOW_TRACKING_URI": base}
         env.pop("PGPASSWORD")  # the jobs reach only the server, never the database
         result = subprocess.run(

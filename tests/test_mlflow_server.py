@@ -7,26 +7,20 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from mlflow_server import free_port, wait_until_up
 
 pytestmark = pytest.mark.long
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["dataset.train=32", "dataset.dev=16", "dataset.test=16", "training.batch_size=16", "training.num_epochs=2",
         "tracking.system_metrics=false"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _api(base: str, path: str, body: dict | None = None) -> dict:
@@ -37,22 +31,8 @@ def _api(base: str, path: str, body: dict | None = None) -> dict:
         return json.load(response)
 
 
-def _wait_until_up(base: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow server exited {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"mlflow server did not start in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
 def test_mlflow_server_serves_a_sweep_logged_through_it(tmp_path):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     command = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
@@ -64,7 +44,7 @@ def test_mlflow_server_serves_a_sweep_logged_through_it(tmp_path):
         cwd=tmp_path, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=log.open("w"),
         stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_until_up(base, server, log)
+        wait_until_up(base, server, log)
         result = subprocess.run(
             [sys.executable, str(REPO / "launch.py"), "-cd", str(REPO / "sweeps"), "-cn", "tiny", *TINY,
              "attention=softmax,tpr", f"data.root={tmp_path / 'data'}", f"checkpoint.dir={tmp_path / 'ckpt'}",

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from helpers import TINY, launch_args, launch_env
+from mlflow_server import free_port, wait_until_up
 
 pytestmark = pytest.mark.long
 
@@ -31,15 +31,8 @@ def _start_server(folder: Path, port: int) -> subprocess.Popen:
          "--host", "127.0.0.1", "--port", str(port)],
         cwd=folder, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         stdout=(folder / "server.log").open("a"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError("the mlflow server did not start")
+    wait_until_up(f"http://127.0.0.1:{port}", server, folder / "server.log")
+    return server
 
 
 def _stop_server(server: subprocess.Popen, how: int = signal.SIGTERM) -> None:
@@ -47,16 +40,8 @@ def _stop_server(server: subprocess.Popen, how: int = signal.SIGTERM) -> None:
     server.wait(timeout=60)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_server_outage_mid_run_keeps_the_checkpoint_and_the_rerun_continues_the_run(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     env = {**launch_env(tmp_path), "MLFLOW_TRACKING_URI": uri}
     server = _start_server(tmp_path, port)
