@@ -134,6 +134,25 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def log_dataset(dataset: Any, attempts: int = 4) -> None:
+    """Log `dataset` as the active run's training input, retrying a failed insert.
+
+    MLflow's stores look a dataset up by (experiment, name, digest) and insert it when missing, in one transaction
+    that does not lock the table: runs of one sweep that start together race, and the loser's insert breaks the
+    unique key (PostgreSQL `UniqueViolation`, sqlite `UNIQUE constraint failed`). The transaction rolls back whole,
+    and the retry finds the winner's row and only links it to the run.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            mlflow.log_input(dataset, context="train")
+            return
+        except MlflowException as error:
+            if attempt == attempts:
+                raise
+            log.info("logging the dataset failed (%s); retrying", " ".join(str(error).split())[:120])
+            time.sleep(0.2 * attempt)
+
+
 def _set_experiment(uri: str, name: str) -> None:
     mlflow.set_experiment(experiment_id=ensure_experiment(MlflowClient(uri), name))
 
@@ -188,7 +207,7 @@ class RunTracker:
         mlflow.log_text(redact(OmegaConf.to_yaml(cfg)), "config.yaml")
         dataset = task_dataset(cfg)
         if dataset is not None:
-            mlflow.log_input(dataset, context="train")
+            log_dataset(dataset)
         return self.run_id
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> None:

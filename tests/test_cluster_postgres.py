@@ -201,3 +201,16 @@ def test_a_grid_logs_through_an_mlflow_server_on_postgresql(tmp_path, postgres):
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+def test_runs_logging_one_dataset_at_once_on_postgresql_all_get_it(tmp_path, postgres, monkeypatch):
+    """The race a grid's jobs lost in CI (`UniqueViolation` on `dataset_pk`), on the database itself."""
+    from dataset_race import log_one_dataset_at_once
+
+    uri = postgres.database("race")
+    monkeypatch.setenv("PGPASSWORD", postgres.password)  # the spawned workers inherit it
+    MlflowClient(uri).search_experiments()  # the schema, before the workers race for something else
+    experiment_id, seen = log_one_dataset_at_once(uri, str(tmp_path), workers=6)
+    assert seen == ["logged"] * 6, seen
+    runs = MlflowClient(uri).search_runs([experiment_id])
+    assert [len(run.inputs.dataset_inputs) for run in runs] == [1] * 6
