@@ -127,9 +127,7 @@ def test_two_optuna_workers_started_at_once_share_one_study_on_postgresql(tmp_pa
           f"{ {name: sorted(numbers) for name, numbers in by_worker.items()} }")
     assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0  # none left RUNNING
     assert states[TrialState.COMPLETE] == 6  # n_trials, all trained (no pruner, nothing diverges)
-    for trial in trials:  # a FAIL may only be an ask that the other worker pushed past n_trials, never a job
-        if trial.state == TrialState.FAIL:
-            assert trial.user_attrs.get("lra_fail_reason", "").startswith("surplus"), trial.user_attrs
+    assert len(trials) == 6, named  # asked under PostgreSQL's advisory lock: no trial past n_trials, no FAIL
     complete = {trial.number: trial for trial in trials if trial.state == TrialState.COMPLETE}
     assert all(by_worker.values()), by_worker  # both workers ran trials of the one study ...
     assert by_worker["worker-a"].isdisjoint(by_worker["worker-b"])  # ... each its own ...
@@ -214,3 +212,48 @@ def test_runs_logging_one_dataset_at_once_on_postgresql_all_get_it(tmp_path, pos
     assert seen == ["logged"] * 6, seen
     runs = MlflowClient(uri).search_runs([experiment_id])
     assert [len(run.inputs.dataset_inputs) for run in runs] == [1] * 6
+
+
+def test_the_sweepers_lock_on_postgresql_is_held_by_one_session_at_a_time(postgres, monkeypatch):
+    """`storage_lock` on a PostgreSQL URL is the database's advisory lock: a second holder waits for the first,
+    and a holder whose connection dies releases it."""
+    import threading
+    import time
+
+    from hydra_plugins.lra_optuna_sweeper.storage import can_lock, storage_lock
+
+    url = postgres.database("lock")
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    assert can_lock(url)
+    events: list[str] = []
+    held = threading.Event()
+
+    def second() -> None:
+        held.wait(30)
+        with storage_lock(url):
+            events.append("second acquired")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with storage_lock(url):
+        events.append("first acquired")
+        held.set()
+        time.sleep(2.0)  # the second waits on the server all this time
+        events.append("first released")
+    thread.join(30)
+    assert events == ["first acquired", "first released", "second acquired"]
+
+    holder = subprocess.Popen(  # a worker killed while it holds the lock
+        [sys.executable, "-c", "import sys, time; from hydra_plugins.lra_optuna_sweeper.storage import storage_lock\n"
+         "with storage_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(600)", url],
+        cwd=REPO, env={**postgres.env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+        started = time.monotonic()
+        with storage_lock(url):
+            waited = time.monotonic() - started
+    finally:
+        holder.kill()
+    assert waited < 30, waited  # the server dropped the dead session's lock

@@ -229,7 +229,7 @@ def test_surplus_trials_on_a_storage_without_a_lock_are_not_launched(tmp_path):
     study.tell(study.ask(), 2.0)
     plan = _plan(url)
     plan.n_trials = 2
-    plan.url = "postgresql://nowhere/optuna"  # a server database: no file lock, the surplus rule
+    plan.url = "mssql+pyodbc://nowhere/optuna"  # a database whose lock the sweeper does not use: the surplus rule
     assert sweeper._ask(study, plan, 1) == []
     surplus = study.get_trials()[-1]
     assert surplus.state == TrialState.FAIL and surplus.user_attrs[FAIL_REASON_ATTR].startswith("surplus")

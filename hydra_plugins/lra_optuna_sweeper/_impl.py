@@ -10,8 +10,9 @@ and tells every trial how its job ended:
     returned a non-finite / non-number    FAIL     (the sweep goes on until `max_failure_rate` is exceeded)
 
 `n_trials` counts the study's trials in all, so the same command run again continues the study where it
-stopped, and several workers on one storage share the work (on a file storage they take turns to ask, under a
-file lock, so together they start exactly `n_trials`). While its jobs run, the sweeper marks their trials with
+stopped, and several workers on one storage share the work (they take turns to ask, under the storage's lock:
+a file beside a file storage, the database's own lock on PostgreSQL or MySQL; so together they start exactly
+`n_trials`). While its jobs run, the sweeper marks their trials with
 a heartbeat (a trial user attribute); a RUNNING trial without one for `grace_period` seconds belongs to a
 killed worker: in an lra app whose job's MLflow run FINISHED it is told COMPLETE with the run's values,
 otherwise it ends FAIL. Before it returns, the sweeper waits until no trial of the study is RUNNING.
@@ -58,7 +59,7 @@ from ._lra import ENV_SWEEP_ID, VALIDATE, LraApp, default_direction
 from ._samplers import (build_pruner, build_sampler, check_requirements, grid_size, grid_space, resolve_pruner,
                         resolve_sampler)
 from ._space import SearchSpace, distribution_from_config, format_value, override_line, parse_search_space
-from .storage import PRUNER_ATTR, can_lock, file_lock, make_storage
+from .storage import PRUNER_ATTR, can_lock, make_storage, storage_lock
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ class LraOptunaSweeperImpl(Sweeper):
         if isinstance(self.storage, Mapping):
             from hydra.utils import instantiate
 
-            with file_lock(url):
+            with storage_lock(url):
                 return instantiate(dict(self.storage))
         return make_storage(url)
 
@@ -370,8 +371,8 @@ class LraOptunaSweeperImpl(Sweeper):
         except KeyError:
             existing = 0
         sampler = build_sampler(plan.sampler, plan.space.distributions, seed_offset=existing)
-        with file_lock(plan.url):
-            for attempt in range(5):  # without a file lock (a server database) parallel workers may race
+        with storage_lock(plan.url):
+            for attempt in range(5):  # without a lock (filelock missing, another database) workers may race
                 try:
                     study = optuna.create_study(storage=storage, study_name=plan.name, directions=plan.directions,
                                                 sampler=sampler, load_if_exists=True)
@@ -464,13 +465,13 @@ class LraOptunaSweeperImpl(Sweeper):
         self._summarize(study, plan, sweep_dir, counts)
 
     def _ask(self, study: optuna.Study, plan: Plan, k: int) -> list[optuna.Trial]:
-        """Up to k new trials. On a file storage the count and the ask happen under its lock, so parallel
-        workers never start more than n_trials; elsewhere a trial that another worker's ask pushed past
-        n_trials ends FAIL unlaunched."""
+        """Up to k new trials. The count and the ask happen under the storage's lock (its file, or its database's
+        own lock), so parallel workers never start more than n_trials; where no lock exists a trial that another
+        worker's ask pushed past n_trials ends FAIL unlaunched."""
         batch = []
         locked = can_lock(plan.url)
         for _ in range(k):
-            with file_lock(plan.url) if locked else _nothing():
+            with storage_lock(plan.url) if locked else _nothing():
                 started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
                 if locked and len(started) >= plan.n_trials:
                     break

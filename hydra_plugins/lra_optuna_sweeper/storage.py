@@ -1,19 +1,22 @@
 """Optuna storages from a URL, opened safely by many processes at once; the study attributes jobs read.
 
-Two sweepers (or a sweeper and its jobs) that open one fresh sqlite file at the same moment race to create its
-tables, and the loser's trials used to end FAIL. `file_lock(url)` serialises that first use across processes
-with a lock file beside the storage's file (`<db>.lock`, the same file `lra.stores.creation_lock` uses, so lra
-and the sweeper agree); the sweeper also holds it while it counts the study's trials and asks for the next
-one, so parallel workers never start more than `n_trials` trials. Server databases (PostgreSQL, MySQL) need no
-lock for their schema; for them a surplus trial is ended FAIL unlaunched (`_impl`).
+Two sweepers (or a sweeper and its jobs) that open one fresh storage at the same moment race to create its
+tables, and the loser's trials used to end FAIL. `storage_lock(url)` serialises that first use across processes
+and machines; the sweeper also holds it while it counts the study's trials and asks for the next one, so
+parallel workers never start more than `n_trials` trials. The lock is a file beside a file storage (`<db>.lock`
+for sqlite, the same file `lra.stores.creation_lock` uses, so lra and the sweeper agree), and the database's own
+lock on a server: a PostgreSQL session advisory lock, a MySQL named lock. Both are released by the server when
+the holder's connection closes, so a killed worker never leaves one behind. Where no lock exists (another
+database, or `filelock` not installed) a surplus trial is ended FAIL unlaunched (`_impl`).
 
-This module needs neither lra nor filelock: without `filelock` installed the lock is skipped (and creation
+This module needs neither lra nor filelock: without `filelock` installed the file lock is skipped (and creation
 falls back to retries).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -38,13 +41,18 @@ def lock_path(url: str) -> Optional[Path]:
     return None
 
 
+SERVER_LOCK_NAME = "lra_optuna_sweeper"  # one lock per database: holds are milliseconds (a count and an ask)
+SERVER_LOCK_KEY = int.from_bytes(hashlib.sha256(SERVER_LOCK_NAME.encode()).digest()[:8], "big", signed=True)
+
+
+def _server_dialect(url: str) -> Optional[str]:
+    """"postgresql" or "mysql" for the databases whose own locks `storage_lock` uses, else None."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
+    return {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql"}.get(scheme)
+
+
 @contextlib.contextmanager
-def file_lock(url: str) -> Iterator[None]:
-    """Hold the inter-process lock of the storage at `url` (nothing for server databases)."""
-    path = lock_path(url)
-    if path is None:
-        yield
-        return
+def _file_lock(path: Path) -> Iterator[None]:
     try:
         from filelock import FileLock
     except ImportError:  # the plugin stands alone: no lock, creation retries instead
@@ -55,8 +63,59 @@ def file_lock(url: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _server_lock(url: str, dialect: str) -> Iterator[None]:
+    """The database's session lock, held on a connection of its own for the duration."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            if dialect == "postgresql":
+                connection.execute(sqlalchemy.text(f"SET lock_timeout = '{int(LOCK_TIMEOUT_S)}s'"))
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SERVER_LOCK_KEY})
+                connection.commit()
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SERVER_LOCK_KEY})
+                    connection.commit()
+            else:
+                got = connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, :timeout)"),
+                                         {"name": SERVER_LOCK_NAME, "timeout": int(LOCK_TIMEOUT_S)}).scalar()
+                if got != 1:
+                    raise TimeoutError(f"the storage's lock {SERVER_LOCK_NAME!r} was not granted in "
+                                       f"{LOCK_TIMEOUT_S:.0f} s")
+                try:
+                    yield
+                finally:
+                    connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": SERVER_LOCK_NAME})
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def storage_lock(url: str) -> Iterator[None]:
+    """Hold the inter-process lock of the storage at `url`: its lock file, or its database's own lock (nothing
+    where neither exists, see `can_lock`)."""
+    path = lock_path(url)
+    dialect = _server_dialect(url)
+    if path is not None:
+        with _file_lock(path):
+            yield
+    elif dialect is not None:
+        with _server_lock(url, dialect):
+            yield
+    else:
+        yield
+
+
 def can_lock(url: str) -> bool:
-    """Whether `file_lock(url)` really serialises processes (a file storage and filelock installed)."""
+    """Whether `storage_lock(url)` really serialises processes (a file storage with filelock installed, or a
+    PostgreSQL or MySQL database)."""
+    if _server_dialect(url) is not None:
+        return True
     if lock_path(url) is None:
         return False
     try:
@@ -82,7 +141,7 @@ def make_storage(url: str) -> Any:
             path.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(5):  # without a lock (a server database, no filelock) creators may still race
         try:
-            with file_lock(url):
+            with storage_lock(url):
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
         except Exception:  # noqa: BLE001 - IntegrityError on alembic_version, or a locked sqlite file
             if attempt == 4:
