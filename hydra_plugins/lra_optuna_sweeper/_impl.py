@@ -25,15 +25,11 @@ only when the app's config has lra's `sweep` node.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
-import math
 import os
 import re
 import secrets
 import signal
-import sys
-import threading
 import time
 import warnings
 from collections import Counter
@@ -44,7 +40,6 @@ from typing import Any, Callable, Optional
 
 import optuna
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import ConfigCompositionException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -58,120 +53,19 @@ from ._errors import SweeperError, SweepFailed, user_errors
 from ._lra import ENV_SWEEP_ID, VALIDATE, LraApp, default_direction
 from ._samplers import (build_pruner, build_sampler, check_requirements, grid_size, grid_space, resolve_pruner,
                         resolve_sampler)
-from ._space import SearchSpace, distribution_from_config, format_value, override_line, parse_search_space
+from ._space import (SearchSpace, distribution_from_config, format_value, load_function, override_line,
+                     parse_search_space)
+from ._trials import FAIL_REASON_ATTR, HEARTBEAT_ATTR, Heartbeat, interrupt_on_sigterm, outcome
 from .storage import PRUNER_ATTR, can_lock, make_storage, storage_lock
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_ATTR = "lra_heartbeat"      # trial user attribute: time.time() of the sweeper's last mark
-FAIL_REASON_ATTR = "lra_fail_reason"  # trial user attribute: why a trial ended FAIL
 DIRECTIONS = ("minimize", "maximize")
 HYDRA_DEFAULT_SUBDIR = "${hydra.job.num}"
 
 
 def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def outcome(ret: JobReturn, n_objectives: int = 1) -> tuple[TrialState, Optional[list[float]], Optional[str]]:
-    """How a job ended, as the trial state, its values and (for FAIL) the reason."""
-    if ret.status == JobStatus.FAILED:
-        error = ret._return_value
-        if isinstance(error, optuna.TrialPruned) or type(error).__name__ == "TrialPruned":
-            return TrialState.PRUNED, None, None
-        return TrialState.FAIL, None, f"{type(error).__name__}: {error}"[:2000]
-    if ret.status != JobStatus.COMPLETED:
-        return TrialState.FAIL, None, f"job status {ret.status}"
-    value = ret.return_value
-    try:
-        if n_objectives == 1:
-            values = [float(value)]
-        else:
-            if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, ListConfig)):
-                raise TypeError
-            values = [float(v) for v in value]
-    except (TypeError, ValueError):
-        wanted = "a number" if n_objectives == 1 else f"a list or tuple of {n_objectives} numbers"
-        return TrialState.FAIL, None, f"the job returned {value!r}, not {wanted}"
-    if len(values) != n_objectives:
-        return TrialState.FAIL, None, f"the job returned {len(values)} values for {n_objectives} objectives"
-    if not all(math.isfinite(v) for v in values):
-        return TrialState.FAIL, None, f"the job returned {value}"
-    return TrialState.COMPLETE, values, None
-
-
-def load_function(path: str) -> Callable[..., Any]:
-    """A function by dotted path; `.module.fn` (the plugin's relative form) is `fn` of `module.py` beside the
-    app's script (the script itself when it is `module`)."""
-    if not path.startswith("."):
-        return get_method(path)
-    module, _, name = path[1:].rpartition(".")
-    main = sys.modules.get("__main__")
-    main_file = getattr(main, "__file__", None)
-    if main_file and Path(main_file).stem == module:
-        return getattr(main, name)
-    file = (Path(main_file).parent if main_file else Path.cwd()) / f"{module}.py"
-    spec = importlib.util.spec_from_file_location(module.replace("-", "_"), file)
-    if spec is None or spec.loader is None or not file.is_file():
-        raise ImportError(f"no file {file}")
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return getattr(loaded, name)
-
-
-class _Heartbeat:
-    """A daemon thread that marks the trials this sweeper is running, every `interval` seconds."""
-
-    def __init__(self, storage: Any, interval: float) -> None:
-        self.storage, self.interval = storage, interval
-        self.trial_ids: set[int] = set()
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="lra-optuna-heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-    def add(self, trial_ids: Sequence[int]) -> None:
-        with self.lock:
-            self.trial_ids.update(trial_ids)
-        self._beat(trial_ids)
-
-    def remove(self, trial_ids: Sequence[int]) -> None:
-        with self.lock:
-            self.trial_ids.difference_update(trial_ids)
-
-    def _beat(self, trial_ids: Sequence[int]) -> None:
-        now = time.time()
-        for trial_id in trial_ids:
-            try:
-                self.storage.set_trial_user_attr(trial_id, HEARTBEAT_ATTR, now)
-            except Exception:  # noqa: BLE001 - finished meanwhile, or a busy database: try again next beat
-                pass
-
-    def _run(self) -> None:
-        while not self.stopped.wait(self.interval):
-            with self.lock:
-                ids = list(self.trial_ids)
-            self._beat(ids)
-
-
-def _interrupt_on_sigterm() -> Any:
-    """Turn SIGTERM (kill, scancel) into KeyboardInterrupt, so running trials end FAIL instead of staying
-    RUNNING; returns the previous handler (None off the main thread, or when the app already handles SIGTERM:
-    lra's sweep callback ends the sweep with its own `Interrupted`, which ends the trials FAIL the same way)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
-        return None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    return signal.signal(signal.SIGTERM, interrupt)
 
 
 @dataclass
@@ -418,9 +312,9 @@ class LraOptunaSweeperImpl(Sweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
-        heartbeat = _Heartbeat(study._storage, self.heartbeat_interval)
+        heartbeat = Heartbeat(study._storage, self.heartbeat_interval)
         heartbeat.start()
-        previous = _interrupt_on_sigterm()
+        previous = interrupt_on_sigterm()
         counts: Counter[str] = Counter()
         try:
             while True:

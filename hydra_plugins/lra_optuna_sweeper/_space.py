@@ -16,17 +16,23 @@ Parsing reuses Hydra's own `OverridesParser`, so the syntax and its errors are H
 Optuna's categorical values can only be None, bool, int, float or str: a list or dict choice is kept as its
 override text (as the plugin does: `trial.params` shows `'[1,2]'`), and `SearchSpace.override` writes every
 choice back exactly as the user wrote it.
+
+`load_function` finds `custom_search_space`'s function by its dotted path (or the plugin's `.module.fn` form).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
+from hydra.utils import get_method
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
@@ -193,3 +199,22 @@ def distribution_from_config(key: str, spec: Any) -> BaseDistribution:
         raise SweeperError(where, spec, f"not a distribution ({error})",
                            "give type and low/high (int, float) or choices (categorical)") from None
     raise SweeperError(where, spec.get("type"), "unknown type", "use int, float or categorical")
+
+
+def load_function(path: str) -> Callable[..., Any]:
+    """A function by dotted path; `.module.fn` (the plugin's relative form) is `fn` of `module.py` beside the
+    app's script (the script itself when it is `module`)."""
+    if not path.startswith("."):
+        return get_method(path)
+    module, _, name = path[1:].rpartition(".")
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main_file and Path(main_file).stem == module:
+        return getattr(main, name)
+    file = (Path(main_file).parent if main_file else Path.cwd()) / f"{module}.py"
+    spec = importlib.util.spec_from_file_location(module.replace("-", "_"), file)
+    if spec is None or spec.loader is None or not file.is_file():
+        raise ImportError(f"no file {file}")
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return getattr(loaded, name)
