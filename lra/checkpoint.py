@@ -102,11 +102,16 @@ class CheckpointStore:
         self.folder = Path(root) / key
         self.loaded_from: Optional[Path] = None  # the file load_last() returned
         self._lock: Any = None
+        self._made: list[Path] = []  # the folders acquire() created, deepest first
 
     def acquire(self) -> None:
         """Take the folder's lock, or raise RunLockedError naming the process that holds it."""
         from filelock import FileLock, Timeout
 
+        missing = self.folder
+        while not missing.exists() and missing != missing.parent:
+            self._made.append(missing)
+            missing = missing.parent
         self.folder.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.folder / LOCK))
         try:
@@ -125,11 +130,21 @@ class CheckpointStore:
         except (OSError, ValueError, KeyError, TypeError):
             return "another process"
 
-    def release(self) -> None:
-        if self._lock is not None:
-            (self.folder / OWNER).unlink(missing_ok=True)
-            self._lock.release()
-            self._lock = None
+    def release(self, discard_unused: bool = False) -> None:
+        """Give the folder up. `discard_unused`: a refused config (its error found after acquire(), against the
+        data) leaves no trace: the folders acquire() created are removed while they hold nothing but the lock."""
+        if self._lock is None:
+            return
+        (self.folder / OWNER).unlink(missing_ok=True)
+        if discard_unused and self._made and [p.name for p in self.folder.iterdir()] == [LOCK]:
+            (self.folder / LOCK).unlink()  # under the lock: a process that opens it later makes a new one
+            for folder in self._made:
+                try:
+                    folder.rmdir()
+                except OSError:  # another run's folder appeared in it meanwhile
+                    break
+        self._lock.release()
+        self._lock = None
 
     def load_last(self) -> Optional[dict[str, Any]]:
         """The newest readable checkpoint (`last.pt`, else `previous.pt`); unreadable files are moved aside."""

@@ -151,12 +151,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                   f"this config is being trained by {error.owner} (its folder {error.folder} is "
                                   "locked)", "wait for it to end, or run a second copy with another "
                                   "training.seed or checkpoint.dir") from None
+        refused = False
         try:
             with StopSignals() as stop:
                 return _train_owned(cfg, store, stop, ctx)
+        except ConfigError:  # found against the data, before any run: leave no folder behind
+            refused = True
+            raise
         finally:
             if ctx.is_main:
-                store.release()
+                store.release(discard_unused=refused)
     finally:
         teardown(ctx)
 

@@ -183,6 +183,7 @@ def test_model_smaller_than_the_data_is_refused_before_any_run(tmp_path: Path, o
     for word in words:
         assert word in line, (word, line)
     assert_no_run(tmp_path)  # the run folder Hydra made was removed; no MLflow run
+    assert not (tmp_path / "checkpoints").exists()  # nor the checkpoint folder, locked before the data was read
     assert (tmp_path / "data").exists()  # the data was read (that is how the problem was found)
 
 
