@@ -5,9 +5,9 @@ tables, and the loser's trials used to end FAIL. `storage_lock(url)` serialises 
 and machines; the sweeper also holds it while it counts the study's trials and asks for the next one, so
 parallel workers never start more than `n_trials` trials. The lock is a file beside a file storage (`<db>.lock`
 for sqlite, the same file `lra.stores.creation_lock` uses, so lra and the sweeper agree), and the database's own
-lock on a server: a PostgreSQL session advisory lock, a MySQL named lock. Both are released by the server when
-the holder's connection closes, so a killed worker never leaves one behind. Where no lock exists (another
-database, or `filelock` not installed) a surplus trial is ended FAIL unlaunched (`_impl`).
+lock on PostgreSQL: a session advisory lock, which the server releases when the holder's connection closes, so
+a killed worker never leaves one behind. Where no lock exists (another database such as MySQL, or `filelock`
+not installed) a surplus trial is ended FAIL unlaunched (`_impl`).
 
 This module needs neither lra nor filelock: without `filelock` installed the file lock is skipped (and creation
 falls back to retries).
@@ -41,14 +41,12 @@ def lock_path(url: str) -> Optional[Path]:
     return None
 
 
-SERVER_LOCK_NAME = "lra_optuna_sweeper"  # one lock per database: holds are milliseconds (a count and an ask)
-SERVER_LOCK_KEY = int.from_bytes(hashlib.sha256(SERVER_LOCK_NAME.encode()).digest()[:8], "big", signed=True)
+# one advisory lock per database (holds are milliseconds: a count and an ask); the key is a fixed 64-bit number
+SERVER_LOCK_KEY = int.from_bytes(hashlib.sha256(b"lra_optuna_sweeper").digest()[:8], "big", signed=True)
 
 
-def _server_dialect(url: str) -> Optional[str]:
-    """"postgresql" or "mysql" for the databases whose own locks `storage_lock` uses, else None."""
-    scheme = url.split("://", 1)[0].split("+", 1)[0] if "://" in url else ""
-    return {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql"}.get(scheme)
+def _is_postgresql(url: str) -> bool:
+    return url.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres") if "://" in url else False
 
 
 @contextlib.contextmanager
@@ -64,33 +62,22 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _server_lock(url: str, dialect: str) -> Iterator[None]:
-    """The database's session lock, held on a connection of its own for the duration."""
+def _advisory_lock(url: str) -> Iterator[None]:
+    """PostgreSQL's session advisory lock, held on a connection of its own for the duration."""
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
     engine = sqlalchemy.create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            if dialect == "postgresql":
-                connection.execute(sqlalchemy.text(f"SET lock_timeout = '{int(LOCK_TIMEOUT_S)}s'"))
-                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SERVER_LOCK_KEY})
+            connection.execute(sqlalchemy.text(f"SET lock_timeout = '{int(LOCK_TIMEOUT_S)}s'"))
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SERVER_LOCK_KEY})
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SERVER_LOCK_KEY})
                 connection.commit()
-                try:
-                    yield
-                finally:
-                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SERVER_LOCK_KEY})
-                    connection.commit()
-            else:
-                got = connection.execute(sqlalchemy.text("SELECT GET_LOCK(:name, :timeout)"),
-                                         {"name": SERVER_LOCK_NAME, "timeout": int(LOCK_TIMEOUT_S)}).scalar()
-                if got != 1:
-                    raise TimeoutError(f"the storage's lock {SERVER_LOCK_NAME!r} was not granted in "
-                                       f"{LOCK_TIMEOUT_S:.0f} s")
-                try:
-                    yield
-                finally:
-                    connection.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:name)"), {"name": SERVER_LOCK_NAME})
     finally:
         engine.dispose()
 
@@ -100,12 +87,11 @@ def storage_lock(url: str) -> Iterator[None]:
     """Hold the inter-process lock of the storage at `url`: its lock file, or its database's own lock (nothing
     where neither exists, see `can_lock`)."""
     path = lock_path(url)
-    dialect = _server_dialect(url)
     if path is not None:
         with _file_lock(path):
             yield
-    elif dialect is not None:
-        with _server_lock(url, dialect):
+    elif _is_postgresql(url):
+        with _advisory_lock(url):
             yield
     else:
         yield
@@ -113,8 +99,8 @@ def storage_lock(url: str) -> Iterator[None]:
 
 def can_lock(url: str) -> bool:
     """Whether `storage_lock(url)` really serialises processes (a file storage with filelock installed, or a
-    PostgreSQL or MySQL database)."""
-    if _server_dialect(url) is not None:
+    PostgreSQL database)."""
+    if _is_postgresql(url):
         return True
     if lock_path(url) is None:
         return False
