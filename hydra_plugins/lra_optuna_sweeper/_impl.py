@@ -14,7 +14,8 @@ stopped, and several workers on one storage share the work (they take turns to a
 a file beside a file storage, an advisory lock on PostgreSQL; so together they start exactly `n_trials`).
 While its jobs run, the sweeper marks their trials with a heartbeat (a trial user attribute); a RUNNING trial
 without one for `grace_period` seconds belongs to a killed worker: in an lra app whose job's MLflow run FINISHED
-it is told COMPLETE with the run's values, otherwise it ends FAIL. Before it returns, the sweeper waits until no trial of the study is RUNNING.
+it is told COMPLETE with the run's values, otherwise it ends FAIL. Before it returns, the sweeper waits until no
+trial of the study is RUNNING.
 
 Everything that can be wrong with the settings, the search space, the sampler (a missing optional package)
 or the pruner is found before the study is opened and reported as one `error:` line (exit 2); a study that
