@@ -85,7 +85,8 @@ def test_a_second_command_for_a_running_config_is_refused_and_touches_nothing(tm
     assert not list((tmp_path / "checkpoints").glob("*/*.tmp-*")), "no temporary file is left behind"
 
 
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143),
+                                           pytest.param(signal.SIGINT, 130, marks=pytest.mark.long)])
 def test_a_stop_signal_saves_the_step_ends_the_run_killed_and_the_rerun_resumes(tmp_path: Path, signum: int,
                                                                                  code: int) -> None:
     process = _start(tmp_path, *LONG)
