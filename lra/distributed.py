@@ -129,9 +129,15 @@ def setup(device_setting: str, env: Mapping[str, str] = os.environ,
     return Distributed(place.rank, place.world_size, place.local_rank, device, active=True)
 
 
-def teardown(ctx: Distributed) -> None:
-    if ctx.active and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: Distributed, clean: bool = False) -> None:
+    """Destroy the process group. After a `clean` end (every rank returned) the ranks first meet at a barrier,
+    so no rank tears its connections down while another still uses them (gloo can abort a rank whose peer is
+    gone). Not after an error: the other ranks may never come, and torchrun ends them anyway."""
+    if not (ctx.active and dist.is_initialized()):
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 @contextlib.contextmanager

@@ -135,34 +135,42 @@ def train(cfg: DictConfig) -> dict[str, float]:
     cfg = validate(cfg)
     ctx = setup(cfg.hardware.device)  # one process, or this rank of torchrun's / srun's
     try:
-        store = CheckpointStore(cfg.checkpoint.dir, run_key(cfg))
-        done = None
-        if ctx.is_main:
-            check_tracking_store(tracking_uri(cfg.tracking.uri))  # an unreachable store fails now, not later
-            done = completed_metrics(cfg, store)  # a grid sweep run again: this config already completed in it
-        done = ctx.broadcast(done)
-        if done is not None:
-            return done
-        if ctx.is_main:
-            try:
-                store.acquire()
-            except RunLockedError as error:
-                raise ConfigError("checkpoint.dir", cfg.checkpoint.dir,
-                                  f"this config is being trained by {error.owner} (its folder {error.folder} is "
-                                  "locked)", "wait for it to end, or run a second copy with another "
-                                  "training.seed or checkpoint.dir") from None
-        refused = False
-        try:
-            with StopSignals() as stop:
-                return _train_owned(cfg, store, stop, ctx)
-        except ConfigError:  # found against the data, before any run: leave no folder behind
-            refused = True
-            raise
-        finally:
-            if ctx.is_main:
-                store.release(discard_unused=refused)
-    finally:
+        metrics = _train_on(cfg, ctx)
+    except BaseException:
         teardown(ctx)
+        raise
+    teardown(ctx, clean=True)
+    return metrics
+
+
+def _train_on(cfg: DictConfig, ctx: Distributed) -> dict[str, float]:
+    """train() as this process's part: a finished config's metrics, or own its checkpoint folder and train."""
+    store = CheckpointStore(cfg.checkpoint.dir, run_key(cfg))
+    done = None
+    if ctx.is_main:
+        check_tracking_store(tracking_uri(cfg.tracking.uri))  # an unreachable store fails now, not later
+        done = completed_metrics(cfg, store)  # a grid sweep run again: this config already completed in it
+    done = ctx.broadcast(done)
+    if done is not None:
+        return done
+    if ctx.is_main:
+        try:
+            store.acquire()
+        except RunLockedError as error:
+            raise ConfigError("checkpoint.dir", cfg.checkpoint.dir,
+                              f"this config is being trained by {error.owner} (its folder {error.folder} is "
+                              "locked)", "wait for it to end, or run a second copy with another "
+                              "training.seed or checkpoint.dir") from None
+    refused = False
+    try:
+        with StopSignals() as stop:
+            return _train_owned(cfg, store, stop, ctx)
+    except ConfigError:  # found against the data, before any run: leave no folder behind
+        refused = True
+        raise
+    finally:
+        if ctx.is_main:
+            store.release(discard_unused=refused)
 
 
 def _train_owned(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Distributed) -> dict[str, float]:

@@ -66,5 +66,7 @@ if __name__ == "__main__":
         result["backend"] = context.backend
         if context.is_main:
             torch.save(result, args.out)
-    finally:
+    except BaseException:
         teardown(context)
+        raise
+    teardown(context, clean=True)
