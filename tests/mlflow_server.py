@@ -1,7 +1,9 @@
-"""Shared by the tests that start a real `mlflow server`: a free loopback port and the wait for /health."""
+"""Shared by the tests that start a real `mlflow server`: a free loopback port, the wait for /health, the stop."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -28,3 +30,14 @@ def wait_until_up(base: str, server: subprocess.Popen, log: Path, timeout: float
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"mlflow server did not start in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop(server: subprocess.Popen, how: int = signal.SIGTERM, timeout: float = 30) -> None:
+    """End the server's process group (started with `start_new_session=True`): `how`, then SIGKILL after
+    `timeout` seconds."""
+    os.killpg(server.pid, how)
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()

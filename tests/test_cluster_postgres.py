@@ -25,7 +25,7 @@ from optuna.trial import TrialState
 
 from lra.sweep import PARENT_TAG, child_runs
 
-from mlflow_server import free_port, wait_until_up
+from mlflow_server import free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.long
 
@@ -193,12 +193,7 @@ def test_a_grid_logs_through_an_mlflow_server_on_postgresql(tmp_path, postgres):
         for path, text in logs.items():
             assert postgres.password not in text, path
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)
 
 
 def test_runs_logging_one_dataset_at_once_on_postgresql_all_get_it(tmp_path, postgres, monkeypatch):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_server import free_port, wait_until_up
+from mlflow_server import free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.long
 
@@ -68,9 +67,4 @@ def test_mlflow_server_serves_a_sweep_logged_through_it(tmp_path):
             assert "test_accuracy" in {m["key"] for m in runs[run_id]["data"]["metrics"]}
         assert runs[parent_id]["info"]["status"] == "FINISHED"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)

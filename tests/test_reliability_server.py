@@ -15,7 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from helpers import TINY, launch_args, launch_env
-from mlflow_server import free_port, wait_until_up
+from mlflow_server import free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.long
 
@@ -35,11 +35,6 @@ def _start_server(folder: Path, port: int) -> subprocess.Popen:
     return server
 
 
-def _stop_server(server: subprocess.Popen, how: int = signal.SIGTERM) -> None:
-    os.killpg(server.pid, how)
-    server.wait(timeout=60)
-
-
 def test_a_server_outage_mid_run_keeps_the_checkpoint_and_the_rerun_continues_the_run(tmp_path: Path) -> None:
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -52,7 +47,7 @@ def test_a_server_outage_mid_run_keeps_the_checkpoint_and_the_rerun_continues_th
         while not list((tmp_path / "checkpoints").glob("*/last.pt")):
             assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
             time.sleep(0.05)
-        _stop_server(server, signal.SIGKILL)  # the outage
+        stop(server, signal.SIGKILL)  # the outage
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 1, stderr[-3000:]
         last = stderr.strip().splitlines()[-1]
@@ -71,4 +66,4 @@ def test_a_server_outage_mid_run_keeps_the_checkpoint_and_the_rerun_continues_th
         assert run.info.run_id == saved["run_id"] and run.info.status == "FINISHED"
     finally:
         if server.poll() is None:
-            _stop_server(server)
+            stop(server)
