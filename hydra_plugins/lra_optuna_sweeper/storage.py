@@ -21,6 +21,7 @@ import logging
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ SERVER_LOCK_KEY = int.from_bytes(hashlib.sha256(b"lra_optuna_sweeper").digest()[
 
 
 def _is_postgresql(url: str) -> bool:
-    return url.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres") if "://" in url else False
+    return urlsplit(url).scheme.split("+")[0] in ("postgresql", "postgres")  # also postgresql+psycopg://...
 
 
 @contextlib.contextmanager
