@@ -61,18 +61,19 @@ class Distributed:
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         """The element-wise sum over ranks (float64; counts up to 2^53 stay exact). One process: `values`."""
-        if not self.active:
-            return [float(v) for v in values]
-        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._comm_device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        return tensor.tolist()
+        return self._all_reduce(values, "SUM")
 
     def all_reduce_max(self, values: Sequence[float]) -> list[float]:
         """The element-wise maximum over ranks (e.g. a stop signal that reached one process; peak memory)."""
+        return self._all_reduce(values, "MAX")
+
+    def _all_reduce(self, values: Sequence[float], op: str) -> list[float]:
+        """`op` names a `dist.ReduceOp`, looked up only with a process group (one process needs no
+        torch.distributed)."""
         if not self.active:
             return [float(v) for v in values]
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._comm_device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
         return tensor.tolist()
 
     def broadcast(self, obj: Any) -> Any:
