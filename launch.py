@@ -9,16 +9,17 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lra.errors import ConfigError
+from lra.parallel.place import hydra_overrides_for_rank
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Train one model; return the metric a sweeper optimises (sweep.objective)."""
-    from lra.config import validate
+    from lra.config import validate  # deferred for start-up: `--help` and `--cfg` never import torch
 
     try:
         validate(cfg)  # before the heavier imports below: a bad config fails fast
-        from lra.train import train  # imported here so that --help and --cfg stay fast
+        from lra.run.train import train  # deferred for start-up: a bad config fails before torch loads
 
         metrics = train(cfg)
     except ConfigError as error:
@@ -61,7 +62,7 @@ def _remove_unused_run_dir() -> None:
 
 def _check_command_line() -> None:
     """Every override and every config the command would train, checked before Hydra makes anything."""
-    from lra.overrides import check_command_line
+    from lra.config.overrides import check_command_line  # deferred for start-up: only `__main__` needs it
 
     try:
         check_command_line(sys.argv[1:], calling_file=os.path.abspath(__file__), config_path="conf",
@@ -73,7 +74,5 @@ def _check_command_line() -> None:
 
 if __name__ == "__main__":
     _check_command_line()
-    from lra.place import hydra_overrides_for_rank
-
     sys.argv += hydra_overrides_for_rank()  # torchrun's and srun's ranks other than 0: a folder of their own
     main()

@@ -1,4 +1,4 @@
-"""Runs that log one dataset at the same moment: the race MLflow's stores lose without `lra.tracking.log_dataset`.
+"""Runs that log one dataset at the same moment: the race MLflow's stores lose without `lra.record.tracking.log_dataset`.
 
 Each worker is its own spawned process with its own MLflow run in one fresh experiment; a barrier releases
 them together into the dataset lookup-then-insert."""
@@ -19,7 +19,7 @@ def _log_after_barrier(uri: str, experiment_id: str, folder: str, barrier: Barri
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.data.sources import LocalArtifactDatasetSource
 
-        from lra.tracking import log_dataset
+        from lra.record.tracking import log_dataset
 
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(experiment_id=experiment_id)

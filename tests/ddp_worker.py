@@ -10,11 +10,11 @@ import contextlib
 import numpy as np
 import torch
 
-from lra.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
 from lra.data import Split
-from lra.distributed import Distributed, setup, teardown, wrap
 from lra.model import LRAClassifier
-from lra.step import evaluate_batches, train_step
+from lra.parallel.distributed import Distributed, setup, teardown, wrap
+from lra.run.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
+from lra.run.step import evaluate_batches, train_step
 
 N, T, BATCH, CHUNK = 21, 20, 5, 2  # batches of 5, 5, 5, 5, 1: shares 3/2 (chunks 2+1 / 2) and 1/0 on 2 ranks
 

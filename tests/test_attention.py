@@ -361,7 +361,7 @@ def test_individual_blocked_matches_plain_in_float32():
 def test_individual_blocked_memory_grows_linearly_in_length():
     """Allocator-level peak of fwd+bwd (deterministic, not a timing): doubling T doubles the blocked form's
     peak and about quadruples the plain form's."""
-    from lra.memory import peak_memory
+    from lra.run.memory import peak_memory
 
     def peak(T: int, block_size: int) -> int:
         torch.manual_seed(0)

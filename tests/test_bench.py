@@ -12,11 +12,11 @@ import torch
 from lra.attention import ATTENTIONS
 from lra.bench.__main__ import main
 from lra.bench.attention import parse_candidate
-from lra.chunking import auto_chunk_size, full_length_batch, probe_chunk_size
 from lra.bench.measure import peak_memory
 from lra.errors import ConfigError
 from lra.model import LRAClassifier
-from lra.step import train_step
+from lra.run.chunking import auto_chunk_size, full_length_batch, probe_chunk_size
+from lra.run.step import train_step
 
 CPU = torch.device("cpu")
 TINY_MODEL = ["model.num_layers=1", "model.embedding_dim=16", "model.transformer_hidden_dim=32", "model.num_head=2",

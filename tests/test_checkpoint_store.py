@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lra.checkpoint import CheckpointStore, RunLockedError
+from lra.run.checkpoint import CheckpointStore, RunLockedError
 
 
 def test_a_second_owner_is_refused_with_the_first_named(tmp_path: Path) -> None:

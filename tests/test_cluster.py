@@ -18,9 +18,9 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from lra.compose import CONF_DIR
-from lra.devices import device_slots
 from lra.errors import ConfigError
-from lra.sweep import BASIC_SWEEPER, child_runs, grid_sweep_id, sweep_id_of
+from lra.parallel.devices import device_slots
+from lra.sweep.callback import BASIC_SWEEPER, child_runs, grid_sweep_id, sweep_id_of
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ("task=listops-small", "dataset.dev=16", "dataset.test=16", "model.embedding_dim=16",

@@ -21,11 +21,10 @@ from urllib.parse import urlsplit
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_server import free_port, stop, wait_until_up
 from optuna.trial import TrialState
 
-from lra.sweep import PARENT_TAG, child_runs
-
-from mlflow_server import free_port, stop, wait_until_up
+from lra.sweep.callback import PARENT_TAG, child_runs
 
 pytestmark = pytest.mark.long
 

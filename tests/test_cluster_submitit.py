@@ -20,7 +20,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from lra.sweep import PARENT_TAG, child_runs
+from lra.sweep.callback import PARENT_TAG, child_runs
 
 pytestmark = pytest.mark.long
 

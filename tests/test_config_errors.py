@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-
 from helpers import TINY, launch
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from data_fixtures import real_samples, data_cfg, metadata_line, png_bytes, write_pathfinder
+from data_fixtures import data_cfg, metadata_line, png_bytes, real_samples, write_pathfinder
 
 from lra.data import load_splits
 from lra.errors import ConfigError

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from data_fixtures import real_samples, data_cfg, write_aan, write_imdb
+from data_fixtures import data_cfg, real_samples, write_aan, write_imdb
 
 from lra.data import load_splits
 from lra.errors import ConfigError

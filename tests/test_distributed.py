@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_worker
 import numpy as np
 import pytest
 import torch
 
-import ddp_worker
-from lra.batches import iterate_batches
-from lra.distributed import Distributed, rank_device, shard_bounds
-from lra.place import Place, hydra_overrides_for_rank, place_from_env
+from lra.parallel.distributed import Distributed, rank_device, shard_bounds
+from lra.parallel.place import Place, hydra_overrides_for_rank, place_from_env
+from lra.run.batches import iterate_batches
 
 HERE = Path(__file__).resolve().parent
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
 from helpers import TINY, launch, launch_args, launch_env, wait_for_mid_epoch_checkpoint
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.long
 
@@ -59,9 +58,10 @@ def checkpoint(tmp: Path, name: str = "last.pt") -> dict:
 
 def initial_parameters() -> dict[str, torch.Tensor]:
     """The model every run starts from (the seed's)."""
-    from lra.config import validate
-    from lra.train import build_model
     from train_helpers import compose
+
+    from lra.config import validate
+    from lra.run.train import build_model
 
     cfg = validate(compose([o for o in RUN if not o.startswith("tracking.")]))
     torch.manual_seed(cfg.training.seed)

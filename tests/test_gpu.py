@@ -10,17 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_worker
 import pytest
 import torch
-
-import ddp_worker
 from helpers import TINY, launch, launch_args, launch_env
-from lra.chunking import full_length_batch, probe_chunk_size
-from lra.distributed import Distributed
-from lra.memory import peak_memory
+
 from lra.model import LRAClassifier
-from lra.run_state import PeakMemory
-from lra.step import autocast_context, train_step
+from lra.parallel.distributed import Distributed
+from lra.run.chunking import full_length_batch, probe_chunk_size
+from lra.run.memory import peak_memory
+from lra.run.run_state import PeakMemory
+from lra.run.step import autocast_context, train_step
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device is visible to torch")]

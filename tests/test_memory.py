@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lra.data import Split
-from lra.memory import largest_chunk, model_peak_memory_mb, peak_memory
 from lra.model import LRAClassifier
-from lra.step import train_step
+from lra.run.memory import largest_chunk, model_peak_memory_mb, peak_memory
+from lra.run.step import train_step
 
 
 def _model(attention: str = "softmax") -> LRAClassifier:

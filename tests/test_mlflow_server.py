@@ -12,7 +12,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from mlflow_server import free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.long

@@ -206,7 +206,7 @@ def test_token_embeddings_start_at_std_002_like_the_learned_positions():
 def test_the_config_defaults_are_the_references_choices():
     from lra.compose import compose_config
     from lra.config import validate
-    from lra.train import build_model
+    from lra.run.train import build_model
 
     cfg = compose_config(["task=listops-small"])
     assert cfg.model.head_activation == "relu" and cfg.model.embedding_init_std == 0.02

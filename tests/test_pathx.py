@@ -15,7 +15,7 @@ pytestmark = pytest.mark.long  # about 10-60 s per mechanism on a 2-core CPU
 
 @pytest.mark.parametrize("attention", sorted(ATTENTIONS))
 def test_every_mechanism_takes_two_steps_on_path_x(attention: str, tmp_path_factory) -> None:
-    from lra.train import train
+    from lra.run.train import train
 
     tmp = tmp_path_factory.getbasetemp() / "pathx"
     tmp.mkdir(exist_ok=True)

@@ -86,7 +86,7 @@ def _overrides(selector: str, release: dict[str, Path], store: Path) -> list[str
 
 
 def _train_two_steps(selector: str, release: dict[str, Path], store: Path) -> None:
-    from lra.train import train
+    from lra.run.train import train
 
     cfg = compose_config(_overrides(selector, release, store))
     metrics = train(cfg)

@@ -7,7 +7,7 @@ import io
 import logging
 import time
 
-from lra.progress import EpochProgress
+from lra.run.progress import EpochProgress
 
 
 class _Terminal(io.StringIO):
@@ -16,13 +16,13 @@ class _Terminal(io.StringIO):
 
 
 def test_off_a_terminal_a_line_comes_every_interval_even_during_a_long_step(caplog):
-    caplog.set_level(logging.INFO, logger="lra.progress")
+    caplog.set_level(logging.INFO, logger="lra.run.progress")
     stream = io.StringIO()
     progress = EpochProgress(epoch=2, total=10, initial=4, interval=0.2, stream=stream)
     progress.update(loss=1.5, samples=32)
     time.sleep(1.1)  # one step that runs long: lines keep coming
     progress.close()
-    lines = [record.getMessage() for record in caplog.records if record.name == "lra.progress"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "lra.run.progress"]
     assert len(lines) >= 3, lines
     assert lines[0].startswith("epoch 2: step 5/10 (50%), loss 1.5000, ")
     assert "samples/s" in lines[0] and " left" in lines[0]
@@ -52,4 +52,4 @@ def test_on_a_terminal_the_line_is_redrawn_in_place_and_cleared_at_the_end(caplo
     progress.close()
     out = terminal.getvalue()
     assert out.startswith("\repoch 1: step 1/3 (33%), loss 0.5000") and out.endswith("\r\x1b[K")
-    assert not [r for r in caplog.records if r.name == "lra.progress"]  # no timer lines on a terminal
+    assert not [r for r in caplog.records if r.name == "lra.run.progress"]  # no timer lines on a terminal

@@ -1,4 +1,4 @@
-"""Published figures beside measured ones: `lra.published` and the table `python -m lra.report` adds."""
+"""Published figures beside measured ones: `lra.compare.published` and the table `python -m lra.report` adds."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lra.published import published_table, to_markdown
-from lra.report import main as report_main
+from lra.compare.published import published_table, to_markdown
+from lra.compare.report import main as report_main
 
 
 def _run(client: MlflowClient, experiment_id: str, task: str, attention: str, accuracy: float,

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
 from helpers import TINY, launch, launch_args, launch_env, wait_for_mid_epoch_checkpoint
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-
 from helpers import TINY, launch_args, launch_env
+from mlflow.tracking import MlflowClient
 from mlflow_server import free_port, stop, wait_until_up
 
 pytestmark = pytest.mark.long

@@ -14,7 +14,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lra.report import Row, build_rows, content_boxes, draw, main, make_report
+from lra.compare.report import Row, build_rows, content_boxes, draw, main, make_report
 
 BASE = {"task": "listops-small", "training.learning_rate": "0.001", "training.num_epochs": "2",
         "resolved.device": "cpu", "checkpoint.dir": "ckpt", "run_key": "x", "data.root": "data"}

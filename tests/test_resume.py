@@ -6,9 +6,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from helpers import TINY, launch, launch_args, launch_env, wait_for_mid_epoch_checkpoint
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lra.schedule import build_scheduler
+from lra.run.schedule import build_scheduler
 
 
 def _lrs(name: str, steps: int = 40, **kw) -> list[float]:

@@ -3,10 +3,9 @@
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from data_fixtures import write_aan, write_imdb
 from helpers import launch
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lra.model import LRAClassifier
-from lra.step import eval_step, train_step
+from lra.run.step import eval_step, train_step
 
 
 def _model(attention: str = "softmax", dual: bool = False) -> LRAClassifier:

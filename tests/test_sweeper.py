@@ -21,12 +21,11 @@ if str(REPO) not in sys.path:  # launch.py finds hydra_plugins/ beside it; an in
     sys.path.insert(0, str(REPO))
 
 from hydra_plugins.lra_optuna_sweeper._errors import SweeperError  # noqa: E402
-from hydra_plugins.lra_optuna_sweeper._impl import (  # noqa: E402
-    FAIL_REASON_ATTR, HEARTBEAT_ATTR, LraOptunaSweeperImpl, Plan, outcome)
+from hydra_plugins.lra_optuna_sweeper._impl import FAIL_REASON_ATTR, HEARTBEAT_ATTR, LraOptunaSweeperImpl, Plan, outcome  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper._lra import LraApp, default_direction  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper._space import format_value, parse_search_space  # noqa: E402
-from lra.sweep import redact  # noqa: E402
-from lra.trial import PRUNER_ATTR, make_storage, open_trial  # noqa: E402
+from lra.sweep.callback import redact  # noqa: E402
+from lra.sweep.trial import PRUNER_ATTR, make_storage, open_trial  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -305,11 +304,11 @@ def test_the_pareto_sweep_composes_to_nsga_ii_over_five_attentions():
     space = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
     assert set(space.distributions["attention"].choices) == {"softmax", "hrr-individual", "hrr-bundled",
                                                             "hrr-quadratic", "tpr"}
-    assert sweeper.custom_search_space == "lra.pareto.attention_options"
+    assert sweeper.custom_search_space == "lra.compare.pareto.attention_options"
 
 
 def test_hrr_trials_draw_their_own_options_and_the_front_is_non_dominated():
-    from lra.pareto import attention_options, pareto_front
+    from lra.compare.pareto import attention_options, pareto_front
 
     study = optuna.create_study(directions=["maximize", "maximize"])
     space = {"attention": CategoricalDistribution(["softmax", "hrr-bundled"])}

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import TINY, launch, launch_env
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-
-from helpers import TINY, launch, launch_env
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -34,10 +33,10 @@ from hydra_plugins.lra_optuna_sweeper._impl import HEARTBEAT_ATTR, LraOptunaSwee
 from hydra_plugins.lra_optuna_sweeper._lra import LraApp  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper._space import parse_search_space  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper.storage import make_storage  # noqa: E402
-from lra.pareto import dominates  # noqa: E402
-from lra.report import make_report  # noqa: E402
-from lra.sweep import child_runs  # noqa: E402
-from lra.trial import run_values  # noqa: E402
+from lra.compare.pareto import dominates  # noqa: E402
+from lra.compare.report import make_report  # noqa: E402
+from lra.sweep.callback import child_runs  # noqa: E402
+from lra.sweep.trial import run_values  # noqa: E402
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -29,8 +29,7 @@ APPS = REPO / "tests" / "apps"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hydra_plugins.lra_optuna_sweeper._space import (  # noqa: E402
-    distribution_from_config, distribution_of, parse_search_space)
+from hydra_plugins.lra_optuna_sweeper._space import distribution_from_config, distribution_of, parse_search_space  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper.lra_optuna_sweeper import LraOptunaSweeper  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -19,8 +19,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from lra.report import make_report
-from lra.sweep import child_runs
+from lra.compare.report import make_report
+from lra.sweep.callback import child_runs
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ TINY = ["dataset.train=32", "dataset.dev=16", "dataset.test=16", "training.batch
         "tracking.system_metrics=false"]
 TINY_MODEL = ["model.embedding_dim=16", "model.transformer_hidden_dim=32", "model.num_head=2", "model.head_dim=8",
               "model.num_layers=1"]  # as sweeps/tiny.yaml
-CALLBACK = "++hydra.callbacks.sweep_run._target_=lra.sweep.SweepRunCallback"  # as in conf/config.yaml
+CALLBACK = "++hydra.callbacks.sweep_run._target_=lra.sweep.callback.SweepRunCallback"  # as in conf/config.yaml
 FAST_HEARTBEAT = ["hydra.sweeper.heartbeat_interval=2", "hydra.sweeper.grace_period=10"]  # a loaded CI box
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -1,14 +1,13 @@
 """Runs of one sweep that start together log the same dataset at once: every run gets it, the store keeps one
-copy. Without the retry in `lra.tracking.log_dataset` most of these workers fail with MLflow's
+copy. Without the retry in `lra.record.tracking.log_dataset` most of these workers fail with MLflow's
 `UNIQUE constraint failed: datasets...` (a grid's jobs failed this way on PostgreSQL in CI)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from dataset_race import log_one_dataset_at_once
+from mlflow.tracking import MlflowClient
 
 
 def test_six_runs_logging_one_dataset_at_once_all_get_it_and_the_store_keeps_one(tmp_path: Path) -> None:

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
-
 from helpers import TINY, launch
+from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +56,9 @@ def test_divergence_ends_the_run_failed_with_the_step_logged(tmp_path: Path) -> 
 
 
 def test_same_seed_gives_the_same_run_and_another_seed_does_not(tmp_path: Path) -> None:
-    from lra.train import train
     from train_helpers import compose
+
+    from lra.run.train import train
 
     base = [*TINY, f"data.root={tmp_path / 'data'}", f"checkpoint.dir={tmp_path / 'ck'}",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "checkpoint.resume=false"]

@@ -11,14 +11,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import TINY, launch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
-
-from helpers import TINY, launch
-from lra.tracking import (EXPERIMENT_KIND_TAG, TRAINING_KIND, ensure_experiment, manifest_digest, run_name,
-                          tracking_uri, ui_command)
-from lra.ui import VIEW_TAG_PREFIX, Target, varying_params, view_state
 from ui_process import UIProcess
+
+from lra.compare.ui import VIEW_TAG_PREFIX, Target, varying_params, view_state
+from lra.record.tracking import (
+    EXPERIMENT_KIND_TAG,
+    TRAINING_KIND,
+    ensure_experiment,
+    manifest_digest,
+    run_name,
+    tracking_uri,
+    ui_command,
+)
 
 
 def _cfg(**sweep):

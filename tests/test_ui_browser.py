@@ -11,10 +11,9 @@ import shutil
 import urllib.request
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from browser import chromium, render_dom, screenshot, visible_text
 from helpers import TINY, launch
+from mlflow.tracking import MlflowClient
 from ui_process import UIProcess
 
 pytestmark = pytest.mark.long

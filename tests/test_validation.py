@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, TINY, launch, launch_args, launch_env
+
 from lra.errors import ConfigError
 
 HYDRA_NOISE = ("Traceback", "HYDRA_FULL_ERROR", "To append to your config use", "Could not override")
@@ -113,7 +113,7 @@ def test_sweep_file_params_are_checked_too(tmp_path: Path) -> None:
 def test_sweep_values_are_enumerated_like_the_basic_sweeper(tmp_path: Path) -> None:
     """In-process: which override lists a multirun's check composes (each value once, the others at their
     first value; an interval at its middle; sweeper params from the sweep file)."""
-    from lra.overrides import Composer, jobs_to_check, parse_command_line
+    from lra.config.overrides import Composer, jobs_to_check, parse_command_line
 
     line = parse_command_line(["-m", "attention=softmax,tpr", "training.seed=0,1,2",
                                "training.learning_rate=interval(0.001,0.003)", "model.num_layers=2"], "config")
@@ -150,7 +150,7 @@ def test_sweep_values_are_enumerated_like_the_basic_sweeper(tmp_path: Path) -> N
                                                       "cannot be resolved", "LRA_TEST_NEVER_SET"]),
 ])
 def test_nearest_names_in_process(argv: list[str], words: list[str]) -> None:
-    from lra.overrides import check_command_line
+    from lra.config.overrides import check_command_line
 
     with pytest.raises(ConfigError) as caught:
         check_command_line(argv, calling_file=str(REPO / "launch.py"))
@@ -160,7 +160,7 @@ def test_nearest_names_in_process(argv: list[str], words: list[str]) -> None:
 
 
 def test_valid_command_lines_pass(tmp_path: Path) -> None:
-    from lra.overrides import check_command_line
+    from lra.config.overrides import check_command_line
 
     for argv in ([], ["-m", "attention=softmax,tpr", "training.seed=0,1"], ["attention=tpr", "--cfg", "job"],
                  ["-cd", str(REPO / "sweeps"), "-cn", "tiny_search"], ["+training.nonsense=1", "--cfg", "job"],
@@ -240,7 +240,7 @@ def test_read_only_folder_is_refused(tmp_path: Path, key: str) -> None:
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_folder_no_one_can_write_is_refused_even_for_root() -> None:
     """/proc takes no new files, whoever asks (root passes os.access there; the probe file tells)."""
-    from lra.preflight import check_writable
+    from lra.config.preflight import check_writable
 
     with pytest.raises(ConfigError, match=r"checkpoint\.dir='/proc/lra-x/y': cannot write in /proc, the nearest "
                                           r"existing folder above it"):
@@ -248,7 +248,7 @@ def test_folder_no_one_can_write_is_refused_even_for_root() -> None:
 
 
 def test_write_probe_creates_nothing(tmp_path: Path) -> None:
-    from lra.preflight import check_writable
+    from lra.config.preflight import check_writable
 
     check_writable("checkpoint.dir", str(tmp_path / "a" / "b" / "c"), "why")
     check_writable("checkpoint.dir", str(tmp_path), "why")

@@ -1,4 +1,4 @@
-"""`hydra/launcher=local_gpus`: one job per device slot on one machine (see lra/devices.py for the slots).
+"""`hydra/launcher=local_gpus`: one job per device slot on one machine (see lra/parallel/devices.py for the slots).
 
 hydra-submitit-launcher's local launcher starts every job of a batch at once, all on the same devices; this
 one starts at most one job per slot, job k pinned to its slot's GPUs through submitit's `visible_gpus`
@@ -17,9 +17,9 @@ from typing import Any, Optional, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
-from lra.devices import Slot, describe, device_slots, visible_gpus
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from lra.parallel.devices import Slot, describe, device_slots, visible_gpus
 
 log = logging.getLogger(__name__)
 

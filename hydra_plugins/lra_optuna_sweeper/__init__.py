@@ -4,5 +4,5 @@ Modules: `config` (the sweeper's config, its sampler and pruner groups, register
 `lra_optuna_sweeper` (the plugin class Hydra discovers), `_impl` (the trial loop), `_space` (the search space
 grammar), `_samplers` (samplers and pruners built and checked before any trial), `storage` (storages opened
 safely by parallel processes; shared with the jobs), `_lra` (lra's extras, used only in an lra app), `_errors`
-(one-line user errors). The job's side of a trial is `lra.trial`. None of it imports lra at load.
+(one-line user errors). The job's side of a trial is `lra.sweep.trial`. None of it imports lra at load.
 """

@@ -51,10 +51,23 @@ from optuna.trial import TrialState
 
 from ._errors import SweeperError, SweepFailed, user_errors
 from ._lra import ENV_SWEEP_ID, VALIDATE, LraApp, default_direction
-from ._samplers import (build_pruner, build_sampler, check_requirements, grid_size, grid_space, resolve_pruner,
-                        resolve_sampler)
-from ._space import (SearchSpace, distribution_from_config, format_value, load_function, override_line,
-                     parse_search_space)
+from ._samplers import (
+    build_pruner,
+    build_sampler,
+    check_requirements,
+    grid_size,
+    grid_space,
+    resolve_pruner,
+    resolve_sampler,
+)
+from ._space import (
+    SearchSpace,
+    distribution_from_config,
+    format_value,
+    load_function,
+    override_line,
+    parse_search_space,
+)
 from ._trials import FAIL_REASON_ATTR, HEARTBEAT_ATTR, Heartbeat, interrupt_on_sigterm, outcome
 from .storage import PRUNER_ATTR, can_lock, make_storage, storage_lock
 

@@ -20,7 +20,7 @@ from ._errors import SweeperError
 
 log = logging.getLogger(__name__)
 
-ENV_SWEEP_ID = "LRA_SWEEP_ID"  # as lra.sweep: set by lra's SweepRunCallback before the sweep starts
+ENV_SWEEP_ID = "LRA_SWEEP_ID"  # as lra.sweep.callback: set by lra's SweepRunCallback before the sweep starts
 ENV_PARENT_RUN_ID = "LRA_SWEEP_PARENT_RUN_ID"
 MINIMIZED = ("peak_memory_mb",)  # besides *_loss: metrics where lower is better
 VALIDATE = "lra.config.validate"
@@ -64,7 +64,7 @@ class LraApp:
         return [str(name) for name in names]
 
     def tracking_uri(self) -> str:
-        from lra.sweep import tracking_uri_of
+        from lra.sweep.callback import tracking_uri_of
 
         return tracking_uri_of(self.config)
 
@@ -79,13 +79,13 @@ class LraApp:
 
     def finished_values(self, study_name: str, number: int, objectives: Sequence[str]) -> Optional[list[float]]:
         """The objective values of a trial whose job's MLflow run FINISHED (None if it did not)."""
-        from lra.sweep import experiment_of
-        from lra.trial import finished_values
+        from lra.sweep.callback import experiment_of
+        from lra.sweep.trial import finished_values
 
         return finished_values(self.tracking_uri(), experiment_of(self.config), study_name, number, objectives)
 
     def fail_orphan_runs(self, study_name: str, number: int) -> None:
-        from lra.sweep import experiment_of, fail_orphan_runs
+        from lra.sweep.callback import experiment_of, fail_orphan_runs
 
         fail_orphan_runs(self.tracking_uri(), experiment_of(self.config), study_name, number)
 

@@ -4,7 +4,7 @@ Two sweepers (or a sweeper and its jobs) that open one fresh storage at the same
 tables, and the loser's trials used to end FAIL. `storage_lock(url)` serialises that first use across processes
 and machines; the sweeper also holds it while it counts the study's trials and asks for the next one, so
 parallel workers never start more than `n_trials` trials. The lock is a file beside a file storage (`<db>.lock`
-for sqlite, the same file `lra.stores.creation_lock` uses, so lra and the sweeper agree), and the database's own
+for sqlite, the same file `lra.record.stores.creation_lock` uses, so lra and the sweeper agree), and the database's own
 lock on PostgreSQL: a session advisory lock, which the server releases when the holder's connection closes, so
 a killed worker never leaves one behind. Where no lock exists (another database such as MySQL, or `filelock`
 not installed) a surplus trial is ended FAIL unlaunched (`_impl`).

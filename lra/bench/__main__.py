@@ -21,7 +21,17 @@ from typing import NoReturn
 
 import torch
 
+from lra.attention import ATTENTIONS
+from lra.bench import history
+from lra.bench.attention import default_candidates, run_attention_bench
+from lra.bench.gpu import failed, gpu_table, run_gpu_check
+from lra.bench.output import attention_metrics, attention_report, log_to_mlflow, step_metrics, step_report, write_json
+from lra.bench.step import compose, run_step_bench
+from lra.config import resolve_device, resolve_precision
 from lra.errors import ConfigError
+from lra.run.chunking import full_length_batch, probe_chunk_size
+from lra.run.step import autocast_context
+from lra.run.train import build_model
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,8 +143,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _attention_names(names: list[str]) -> list[str]:
-    from lra.attention import ATTENTIONS
-
     if "all" in names:
         return list(ATTENTIONS)
     if not names:
@@ -150,7 +158,6 @@ def _attention_names(names: list[str]) -> list[str]:
 def _configs(task: str, attentions: list[str], overrides: list[str]):
     """One composed config per attention. `--attention` takes several values, so overrides written after it
     (`--attention tpr hardware.num_threads=1`) land in its list: an item with `=` is an override, never a name."""
-    from lra.bench.step import compose
 
     names = [a for a in attentions if "=" not in a]
     overrides = [a for a in attentions if "=" in a] + list(overrides)
@@ -159,7 +166,6 @@ def _configs(task: str, attentions: list[str], overrides: list[str]):
 
 def _check_history_args(args) -> None:
     """Before any measuring: a bad name or a missing saved result fails at once."""
-    from lra.bench import history
 
     if args.fail_on_regression and not args.compare:
         raise ConfigError("--fail-on-regression", True, "needs a saved result to compare with",
@@ -174,8 +180,6 @@ def _check_history_args(args) -> None:
 
 def _finish(args, result, report: str, params: dict, metrics) -> int:
     """Print, write, log, save and compare; the exit status (1: a figure regressed and that should fail)."""
-    from lra.bench import history
-    from lra.bench.output import log_to_mlflow, write_json
 
     print(report)
     if args.json:
@@ -197,10 +201,6 @@ def _finish(args, result, report: str, params: dict, metrics) -> int:
 
 
 def attention(args) -> int:
-    from lra.bench.attention import default_candidates, run_attention_bench
-    from lra.bench.output import attention_metrics, attention_report
-    from lra.config import resolve_device
-
     _check_history_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -215,9 +215,6 @@ def attention(args) -> int:
 
 
 def step(args) -> int:
-    from lra.bench.output import step_metrics, step_report
-    from lra.bench.step import run_step_bench
-
     _check_history_args(args)
     cfgs = _configs(args.task, args.attention, args.overrides)
     result = run_step_bench(cfgs, repeats=args.repeats, warmup=args.warmup, seed=args.seed,
@@ -228,11 +225,6 @@ def step(args) -> int:
 
 
 def budget(args) -> int:
-    from lra.chunking import full_length_batch, probe_chunk_size
-    from lra.config import resolve_device, resolve_precision
-    from lra.step import autocast_context
-    from lra.train import build_model
-
     for name, cfg in _configs(args.task, args.attention, args.overrides).items():
         device = resolve_device(cfg.hardware.device)
         m = cfg.model
@@ -250,9 +242,6 @@ def budget(args) -> int:
 
 
 def gpu(args) -> int:
-    from lra.bench.gpu import failed, gpu_table, run_gpu_check
-    from lra.bench.output import write_json
-
     if not torch.cuda.is_available():
         raise ConfigError("gpu", "cuda", "no CUDA device is visible to torch: nothing was run",
                           "run it on a machine with a GPU and a CUDA build of torch")

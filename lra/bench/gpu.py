@@ -20,7 +20,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Callable
 
+from lra.attention import ATTENTIONS
+from lra.bench.attention import default_candidates, run_attention_bench
 from lra.bench.output import markdown_table
+from lra.bench.step import compose, run_step_bench
 
 TESTS = Path(__file__).resolve().parents[2] / "tests" / "test_gpu.py"
 
@@ -59,9 +62,6 @@ def run_gpu_check(*, lengths: list[int], task: str, repeats: int, warmup: int, o
     JSON-ready result. attention_sizes: batch, heads, head_dim, matmul_size of the attention benchmark."""
     import torch
 
-    from lra.attention import ATTENTIONS
-    from lra.bench.attention import default_candidates, run_attention_bench
-    from lra.bench.step import compose, run_step_bench
 
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"

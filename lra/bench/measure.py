@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lra.memory import Peak, peak_memory  # noqa: F401 - the benchmarks' peak memory is the trainer's measure
+from lra.run.memory import Peak, peak_memory  # noqa: F401 - the benchmarks' peak memory is the trainer's measure
 
 MEMORY_METHODS = {
     "cuda": "CUDA caching allocator: max_memory_allocated - memory_allocated before the call",

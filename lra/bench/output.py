@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lra.tracking import tracking_uri
+from lra.record.tracking import tracking_uri
 
 EXPERIMENT = "bench"
 
@@ -85,7 +85,7 @@ def step_report(result: dict[str, Any]) -> str:
            f"time: {env['timing']} ({s['warmup']} warm-up, {s['repeats']} timed)",
            f"peak memory: {env['memory_method']}",
            "ratios to chunk = batch measured in the same rounds (paired = median of the per-round ratios, each "
-           "round one batch for all); data: lra.batches.make_batch over random indices, timed in the same rounds"]
+           "round one batch for all); data: lra.run.batches.make_batch over random indices, timed in the same rounds"]
     header = ["attention", "chunk", "median ms", "min ms", "time ratio", "ratio of mins", "paired ratio", "peak MB",
               "memory ratio"]
     rows = [[r["attention"], str(r["chunk"]), _f(1e3 * r["time_median_s"], ".1f"), _f(1e3 * r["time_min_s"], ".1f"),

@@ -1,10 +1,10 @@
-"""The whole training step (`lra.step.train_step`: chunked fwd+bwd, AdamW) per attention and chunk size, and the
+"""The whole training step (`lra.run.step.train_step`: chunked fwd+bwd, AdamW) per attention and chunk size, and the
 data loader against it.
 
 The config is the real one (`conf/`, composed in-process with the task and any overrides), so the model, batch
 size and precision are the task's. For each attention, chunk = batch, batch/2 and batch/4 run interleaved with
 every other attention's in rotating rounds; round r gives every candidate the same batch (random training
-samples), so the ratios compare like with like. The loader (`lra.batches.make_batch` over random indices, then
+samples), so the ratios compare like with like. The loader (`lra.run.batches.make_batch` over random indices, then
 `to_device`) is timed in the same rounds; its share of the step is the loading time over the step time at
 chunk = batch (the trainer loads synchronously, so this is the time it adds).
 """
@@ -19,14 +19,18 @@ from omegaconf import DictConfig
 
 from lra.bench.attention import environment
 from lra.bench.measure import interleaved, peak_memory, ratios
+from lra.compose import compose_config
+from lra.config import resolve_device, resolve_precision, validate
+from lra.data import load_splits
+from lra.run.batches import make_batch, to_device
+from lra.run.step import autocast_context, train_step
+from lra.run.train import build_model, build_optimizer
 
 LOADER = "data"
 
 
 def compose(overrides: list[str]) -> DictConfig:
     """The composed and validated run config, as `launch.py` would see it."""
-    from lra.compose import compose_config
-    from lra.config import validate
 
     return validate(compose_config(overrides))
 
@@ -39,11 +43,6 @@ def chunk_sizes(batch_size: int) -> list[int]:
 def run_step_bench(cfgs: dict[str, DictConfig], *, repeats: int = 10, warmup: int = 2, seed: int = 0,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """cfgs: attention name -> composed config (same task and batch size). Returns the JSON-ready result."""
-    from lra.batches import make_batch, to_device
-    from lra.config import resolve_device, resolve_precision
-    from lra.data import load_splits
-    from lra.step import autocast_context, train_step
-    from lra.train import build_model, build_optimizer
 
     first = next(iter(cfgs.values()))
     t, hw = first.training, first.hardware

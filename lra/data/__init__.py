@@ -17,27 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from lra.data import image, listops, pathfinder, retrieval, snakes, text
 from lra.data.base import SPLITS, GeneratedLoader, Loader, ReleaseLoader
-from lra.data.params import check_sizes, parse
+from lra.data.loaders import LOADERS
+from lra.data.params import COMMON_KEYS, check_sizes, parse
 from lra.data.store import MANIFEST, Builder, fingerprint, open_prepared, params_key, token_dtype
+from lra.data.tasks import prepare_command, task_presets
 from lra.errors import ConfigError
 
 log = logging.getLogger("lra.data")
 
-LOADERS: dict[str, Loader] = {
-    loader.name: loader
-    for loader in (
-        listops.ListOpsRelease(),
-        listops.ListOpsGenerated(),
-        text.Text(),
-        retrieval.Retrieval(),
-        image.Cifar10(),
-        image.Digits(),
-        pathfinder.Pathfinder(),
-        snakes.PathfinderGenerated(),
-    )
-}
 
 
 @dataclass(frozen=True)
@@ -92,8 +80,6 @@ def source_readers(loader_name: str, data_cfg: Mapping | None = None) -> list[st
     listops-release): the loaders named alike (the part before the first '-') that read a source. With
     `data_cfg`, only those whose data node shares the most parameters with it (pathfinder128-generated ->
     pathfinder128, by the resolution)."""
-    from lra.data.params import COMMON_KEYS
-    from lra.data.tasks import task_presets
 
     family = loader_name.split("-")[0]
     readers = {name for name, other in LOADERS.items() if reads_source(other) and name.split("-")[0] == family}
@@ -200,7 +186,6 @@ def _locate(loader: ReleaseLoader, common, params) -> Path:
     try:
         return loader.locate(Path(common.source), params)
     except ConfigError as error:
-        from lra.data.tasks import prepare_command
 
         command = prepare_command(loader.name, params, common.root)
         raise ConfigError(error.key, error.value, error.problem, f"{error.fix}; then run `{command}` (or "
@@ -208,8 +193,6 @@ def _locate(loader: ReleaseLoader, common, params) -> Path:
 
 
 def _no_source(loader: ReleaseLoader, common, params, folder: Path, reason: str) -> ConfigError:
-    from lra.data.tasks import prepare_command
-
     return ConfigError("data.source", None,
                        f"no prepared {loader.name} data in {folder} ({reason}) and no source to prepare it from",
                        f"get the release files (layout: {loader.layout}); then run "

@@ -16,6 +16,9 @@ import shlex
 import sys
 import time
 
+from lra.data import LOADERS, check_source_used, prepare
+from lra.data.base import GeneratedLoader
+from lra.data.tasks import task_names, task_preset, task_presets
 from lra.errors import ConfigError
 
 EPILOG = """examples:
@@ -50,8 +53,6 @@ def _value(text: str):
 
 
 def _data_config(args) -> dict:
-    from lra.data.tasks import task_preset
-
     data = task_preset(args.task)["data"]
     data["root"] = args.root
     if getattr(args, "source", None):
@@ -65,10 +66,6 @@ def _data_config(args) -> dict:
 
 
 def _run(args, sizes=None, seed: int | None = None) -> int:
-    from lra.data import LOADERS, check_source_used, prepare
-    from lra.data.base import GeneratedLoader
-    from lra.data.tasks import task_preset
-
     data = _data_config(args)
     if getattr(args, "source", None):
         check_source_used(data, key="--source",
@@ -91,8 +88,6 @@ def _run(args, sizes=None, seed: int | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lra.data.tasks import task_names, task_preset, task_presets
-
     names = task_names()
 
     parser = argparse.ArgumentParser(prog="python -m lra.data", description=__doc__.split("\n")[0],
@@ -136,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"\n  model: {json.dumps(spec['model'])}")
             return 0
         if args.command == "bench":
-            from lra.data.bench import main as bench_main
+            from lra.bench.data import main as bench_main  # deferred for start-up: the benchmarks load torch
 
             return bench_main(args)
         if args.command == "prepare":

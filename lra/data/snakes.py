@@ -53,6 +53,7 @@ import numpy as np
 from lra.data.base import GeneratedLoader
 from lra.data.params import require
 from lra.data.store import Builder, label_histogram
+from lra.errors import ConfigError
 
 AA = 2  # drawn at 2x, pooled 2x2
 CHUNK = 256  # images per job of the process pool
@@ -419,7 +420,6 @@ class PathfinderGenerated(GeneratedLoader):
             try:
                 pixels, labels = generate_images(p, n, seed, split_id)
             except SnakesDoNotFit as error:
-                from lra.errors import ConfigError
 
                 raise ConfigError("data.contour_length", p.contour_length, str(error),
                                   "lower data.contour_length, data.seed_distance or data.paddle_margin, or raise "

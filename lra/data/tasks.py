@@ -15,6 +15,12 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from lra.compose import CONF_DIR, compose_config
+from lra.data.base import GeneratedLoader
+from lra.data.loaders import LOADERS
+from lra.data.params import COMMON_KEYS
+from lra.errors import ConfigError
+
 MODEL_KEYS = ("vocab_size", "max_seq_len", "num_classes", "pooling_mode")
 # Hydra's own logging groups do not touch the app config; composing them as `none` saves about a quarter of the
 # time of a compose.
@@ -22,8 +28,6 @@ _QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
 
 
 def conf_dir() -> Path:
-    from lra.compose import CONF_DIR
-
     return CONF_DIR
 
 
@@ -38,7 +42,6 @@ def task_preset(name: str) -> dict[str, dict[str, Any]]:
     import copy
 
     if name not in task_names():
-        from lra.errors import ConfigError
 
         raise ConfigError("task", name, f"no such task in {conf_dir() / 'task'}",
                           f"use one of: {', '.join(task_names())}")
@@ -54,7 +57,6 @@ def task_presets() -> dict[str, dict[str, dict[str, Any]]]:
 def _composed(name: str) -> dict[str, dict[str, Any]]:
     from omegaconf import OmegaConf
 
-    from lra.compose import compose_config
 
     cfg = compose_config([f"task={name}", *_QUIET])
     model = cfg.get("model") or {}
@@ -75,9 +77,6 @@ def prepare_command(loader: str, params: Any, root: str, source: str | None = No
     """The `python -m lra.data` command that makes the arrays a `data` node with `loader` and `params` needs: the
     task whose data node differs least, with `--set` for the differences. A loader no task uses is reached through
     a task whose own keys it also takes (`--set loader=<loader>`)."""
-    from lra.data import LOADERS
-    from lra.data.base import GeneratedLoader
-    from lra.data.params import COMMON_KEYS
 
     wanted = dataclasses.asdict(params)
     own = set(wanted)

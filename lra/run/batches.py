@@ -2,7 +2,7 @@
 lengths, and the optional cut to `model.max_seq_len` when the task allows truncation.
 
 Under several processes every rank walks the same global order in global batches of `training.batch_size`
-and takes its own contiguous share of each (`lra.distributed.shard_bounds`: 10 on 3 ranks are 4, 3, 3), so
+and takes its own contiguous share of each (`lra.parallel.distributed.shard_bounds`: 10 on 3 ranks are 4, 3, 3), so
 the samples of a step, and so the update, do not depend on the world size; a rank's share may be empty.
 Evaluation shards its batches the same way: every sample is seen once, and the sums are all-reduced."""
 
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from lra.data import Split
-from lra.distributed import shard_bounds
-from lra.step import Batch
+from lra.parallel.distributed import shard_bounds
+from lra.run.step import Batch
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:

@@ -1,10 +1,10 @@
 """`train(cfg) -> metrics`: one run, top to bottom. `launch.py` is only `@hydra.main` around it.
 
 Order of work: validate the whole config (no data read yet), join the other processes if torchrun or srun
-started several (`lra.distributed`), load data, build the model, resume from the last checkpoint if one exists,
+started several (`lra.parallel.distributed`), load data, build the model, resume from the last checkpoint if one exists,
 train with the accumulation-chunked step, evaluate after each epoch, test the best-dev weights on the whole test
 split, and end the MLflow run FINISHED (or FAILED on divergence or an exception). The run's state is one
-`lra.run_state.Run`; `_fit` is the epoch loop, read top to bottom.
+`lra.run.run_state.Run`; `_fit` is the epoch loop, read top to bottom.
 
 Several processes (`torchrun --standalone --nproc_per_node=N launch.py ...`): one model, DistributedDataParallel,
 each rank its share of every global batch; rank 0 alone checks and writes the MLflow store, holds the
@@ -24,25 +24,26 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from lra.artifacts import log_model_artifacts
-from lra.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
-from lra.checkpoint import CheckpointStore, RunLockedError, run_key, set_rng_state
 from lra.config import check_against_data, resolve_precision, validate
 from lra.data import Split, load_splits, sequence_length
-from lra.devices import device_params
-from lra.distributed import Distributed, rank_zero_first, setup, teardown, wrap
 from lra.errors import ConfigError
-from lra.interrupt import Interrupted, StopSignals, interrupt_signal
-from lra.memory import model_peak_memory_mb
 from lra.model import LRAClassifier, count_parameters
-from lra.run_state import PeakMemory, Progress, QuietTracker, Run  # noqa: F401 (Progress, PeakMemory: API)
-from lra.progress import INTERVAL_S, EpochProgress
-from lra.schedule import build_scheduler
-from lra.step import StepStats, autocast_context, evaluate_batches, train_step
-from lra.stores import check_tracking_store
-from lra.sweep import completed_metrics
-from lra.tracking import RunTracker, TrackingError, tracking_uri
-from lra.ui import ui_hint
+from lra.parallel.devices import device_params
+from lra.parallel.distributed import Distributed, rank_zero_first, setup, teardown, wrap
+from lra.parallel.interrupt import Interrupted, StopSignals, interrupt_signal
+from lra.record.artifacts import log_model_artifacts
+from lra.record.stores import check_tracking_store
+from lra.record.tracking import RunTracker, TrackingError, tracking_uri, ui_hint
+from lra.run.batches import epoch_order, global_batch_size, iterate_batches, num_batches, to_device
+from lra.run.checkpoint import CheckpointStore, RunLockedError, run_key, set_rng_state
+from lra.run.chunking import full_length_batch, probe_chunk_size
+from lra.run.memory import model_peak_memory_mb
+from lra.run.progress import INTERVAL_S, EpochProgress
+from lra.run.run_state import PeakMemory, Progress, QuietTracker, Run  # noqa: F401 (Progress, PeakMemory: API)
+from lra.run.schedule import build_scheduler
+from lra.run.step import StepStats, autocast_context, evaluate_batches, train_step
+from lra.sweep.callback import completed_metrics
+from lra.sweep.trial import open_trial
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,6 @@ def resolve_chunk_size(cfg: DictConfig, model: torch.nn.Module, device: torch.de
     configured = cfg.gpu_memory[cfg.attention.name]
     if configured != "auto":
         return int(configured)
-    from lra.chunking import full_length_batch, probe_chunk_size
 
     seq_len = sequence_length(cfg.data) if limit is None else min(limit, sequence_length(cfg.data))
     m = cfg.model
@@ -273,7 +273,6 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
         stop.finish(progress.global_step)  # raises, or hands the signal to the launcher (submitit requeues)
 
     if cfg.sweep.storage is not None and ctx.is_main:  # a job of an Optuna sweep: report to its trial
-        from lra.trial import open_trial
 
         run.trial = open_trial(cfg.sweep)
     resume_run_id, tags = (saved["run_id"] if saved is not None else None), {}

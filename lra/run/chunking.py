@@ -8,7 +8,7 @@ A chunk fits when its measured peak plus `reserved_mb` is at most `margin` × th
 - CUDA: the budget is the free device memory (`torch.cuda.mem_get_info`, plus what torch's cache holds
   unused), capped at `memory_budget_mb` when one is given; a probe that runs out of memory does not fit.
 - CPU: the budget is `memory_budget_mb` (default: the machine's available memory), the peak is measured
-  with the CPU allocator's events (`lra.memory`).
+  with the CPU allocator's events (`lra.run.memory`).
 The peak of a probe counts the activations and the parameter gradients; `reserved_mb` (default: twice the
 parameters, AdamW's two moments, not yet allocated when training starts) is added to it. The probe does not
 trim padding, so pass a batch at the task's full length (`full_length_batch`): the worst case of every chunk.
@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lra.errors import ConfigError
-from lra.memory import peak_memory
-from lra.step import Batch
+from lra.run.memory import peak_memory
+from lra.run.step import Batch
 
 log = logging.getLogger(__name__)
 MB = 2**20
@@ -178,7 +178,7 @@ def auto_chunk_size(model: nn.Module, example_batch: Batch, *, device: torch.dev
     model: on `device`, with its parameters (the optimizer may not exist yet).
     example_batch: a Batch (input_ids, mask, labels[, input_ids_2, mask_2]) on `device`, at the longest length
         the run will see (`full_length_batch`); repeated as needed to make larger chunks.
-    autocast: the training step's context (`lra.step.autocast_context(device, precision)`); None = float32.
+    autocast: the training step's context (`lra.run.step.autocast_context(device, precision)`); None = float32.
     max_chunk: the batch size (a chunk never exceeds it).
     memory_budget_mb: CPU: the budget (None: the machine's available memory); CUDA: a cap on the free memory.
     margin: the share of the budget a chunk's peak may use. reserved_mb: added to every peak (None: 2x params).

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from lra.config import validate as validate_config
 from lra.errors import ConfigError, Verbatim
 
 MAX_VALUES_PER_SWEEP = 50  # a long range() is checked at its first values and its last one
@@ -405,7 +406,6 @@ def check_command_line(argv: Sequence[str], *, calling_file: str, config_path: O
             if first is None:
                 first = cfg
             if validate:
-                from lra.config import validate as validate_config
 
                 validate_config(cfg)
     finally:

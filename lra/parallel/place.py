@@ -5,7 +5,7 @@ import, so `launch.py` can ask before Hydra starts).
   `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`;
 - srun under SLURM: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, used only when there is more than one
   task and either `MASTER_ADDR` and `MASTER_PORT` are set (an sbatch script exports them) or the job is
-  submitit's (`SUBMITIT_EXECUTOR=slurm`: the SLURM launcher with `tasks_per_node` > 1; `lra.distributed`
+  submitit's (`SUBMITIT_EXECUTOR=slurm`: the SLURM launcher with `tasks_per_node` > 1; `lra.parallel.distributed`
   then takes the address from submitit), so that an ordinary one-task SLURM job stays one process.
 """
 

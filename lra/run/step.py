@@ -4,7 +4,7 @@ A batch of `training.batch_size` samples is split into chunks of at most `gpu_me
 Each chunk's mean loss is weighted by its share of the batch (n_chunk / n_batch), so the accumulated gradient
 is the full-batch mean gradient even when the last chunk is smaller; one optimiser step follows per batch.
 
-Under several processes (`lra.distributed`) each rank holds its share of the global batch and weights each
+Under several processes (`lra.parallel.distributed`) each rank holds its share of the global batch and weights each
 chunk by its share of the GLOBAL batch (n_chunk / n_global); the gradients are all-reduced as a sum once per
 step, in the backward of the rank's last chunk (DistributedDataParallel's `no_sync` on the others), so the
 update equals the one-process update whatever the world size, uneven shares included. A rank whose share is
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra.distributed import Distributed
+from lra.parallel.distributed import Distributed
 
 Batch = dict[str, torch.Tensor]
 
@@ -114,7 +114,7 @@ def train_step(
 ) -> StepStats:
     """One optimiser update from one batch, accumulated over chunks. Returns the full-batch loss and accuracy.
     `poison_loss` turns the loss into NaN (a testing aid for the divergence path).
-    Several processes: `model` is `lra.distributed.wrap`'s, `batch` this rank's share, `global_size` the
+    Several processes: `model` is `lra.parallel.distributed.wrap`'s, `batch` this rank's share, `global_size` the
     number of samples in the global batch (default: this batch's), `dist` this process's context."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -170,7 +170,7 @@ def eval_step(
 def evaluate_batches(model: nn.Module, batches: Iterable[Batch], *, chunk_size: int,
                      autocast: contextlib.AbstractContextManager, device: torch.device,
                      dist: Optional[Distributed] = None) -> StepStats:
-    """Loss and accuracy over `batches` (this rank's shares, `lra.batches.iterate_batches(..., shard=...)`),
+    """Loss and accuracy over `batches` (this rank's shares, `lra.run.batches.iterate_batches(..., shard=...)`),
     summed over ranks once at the end: every sample counted once whatever the world size."""
     model = getattr(model, "module", model)  # the plain model: an evaluation never waits for the other ranks
     stats = StepStats()

@@ -4,7 +4,7 @@
 data are prepared or have a source (its layout, by file names); the folders a run writes (`checkpoint.dir`, and `data.root` when its arrays are not prepared yet) can be written, probed at the
 nearest existing folder with a temporary file deleted at once, so nothing is created; the data arrays fit the
 available memory (and, to be generated, the free disk). `check_against_data(cfg, splits)` (called by
-`lra.train.train` right after loading the data, before the MLflow run starts): the model's vocabulary and class
+`lra.run.train.train` right after loading the data, before the MLflow run starts): the model's vocabulary and class
 count cover the token ids and labels of the loaded samples.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from lra.data import arrays_estimate, check_inputs
 from lra.errors import ConfigError
 
 
@@ -62,7 +63,6 @@ def check_writable(key: str, value: str, why: str) -> None:
 
 def check_machine(cfg: Any) -> None:
     """Folders writable, data arrays within memory and disk. `cfg` is the validated config."""
-    from lra.data import arrays_estimate, check_inputs
 
     check_writable("checkpoint.dir", cfg.checkpoint.dir, "each run saves its checkpoints there")
     sizes = {split: int(cfg.dataset[split]) for split in ("train", "dev", "test")}

@@ -1,7 +1,7 @@
 """The config schema and its validation: every user error is raised here, before any data is read.
 
 `validate(cfg)` checks the composed Hydra config against the schema (misspelt keys, wrong types) and then the
-values (unknown names, impossible sizes, a device that is not there), then the machine (`lra.preflight`: folders
+values (unknown names, impossible sizes, a device that is not there), then the machine (`lra.config.preflight`: folders
 writable, data within memory). `check_against_data(cfg, splits)` checks the model against the loaded data. Each
 problem becomes one `ConfigError` line that names the key path, the value and the fix.
 """
@@ -17,8 +17,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from lra.attention import attention_options
+from lra.config.preflight import check_machine
+from lra.data import check_data_config, check_source_used, sequence_length
 from lra.errors import ConfigError
-from lra.preflight import check_against_data, check_machine
+from lra.model import HEAD_ACTIVATIONS, POOLING_MODES
 
 SCHEDULERS = ("exp_decay", "linear", "cos", "fixed")
 OPTIMIZERS = ("adamw", "sgd")
@@ -111,7 +114,7 @@ class SweepSchema:
 
 
 @dataclass
-class PublishedSchema:  # the experiment group's published figure (lra/published.py)
+class PublishedSchema:  # the experiment group's published figure (lra/compare/published.py)
     test_accuracy: Optional[float] = None
     source: Optional[str] = None
     verified: bool = False
@@ -216,9 +219,6 @@ def resolve_device(device: str) -> torch.device:
 
 def validate(cfg: DictConfig) -> DictConfig:
     """Check the composed config; return it merged into the schema (typed, read-only) or raise ConfigError."""
-    from lra.attention import attention_options
-    from lra.data import check_data_config, check_source_used, sequence_length
-    from lra.model import HEAD_ACTIVATIONS, POOLING_MODES
 
     try:
         plain = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -324,5 +324,5 @@ def validate(cfg: DictConfig) -> DictConfig:
     return typed
 
 
-__all__ = ["Schema", "validate", "resolve_device", "resolve_precision", "check_against_data", "OBJECTIVES",
+__all__ = ["Schema", "validate", "resolve_device", "resolve_precision", "OBJECTIVES",
            "SCHEDULERS", "DEVICES", "PRECISIONS"]

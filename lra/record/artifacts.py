@@ -1,6 +1,6 @@
 """The finished model as MLflow artifacts: its best-dev weights (safetensors, no pickle) and its composed config.
 
-`log_model_artifacts` is called by `lra.train.train` once the best weights are back in the model and tested, just
+`log_model_artifacts` is called by `lra.run.train.train` once the best weights are back in the model and tested, just
 before the run ends FINISHED. It writes `model/config.yaml`, `model/weights.safetensors` and `model/meta.json`
 (run id, task, attention, the chunk size and the test accuracy the run measured) into the run's checkpoint folder
 and logs that folder to the run as the artifact directory `model/`. `lra.evaluate` rebuilds the model from either.
@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from lra.errors import ConfigError
 
 ARTIFACT_DIR = "model"
 CONFIG = "config.yaml"
@@ -52,7 +54,6 @@ def load_model_folder(folder: str | Path) -> tuple[DictConfig, Path, dict[str, A
         folder = folder / ARTIFACT_DIR
     for name in (CONFIG, WEIGHTS):
         if not (folder / name).exists():
-            from lra.errors import ConfigError
 
             raise ConfigError("run", str(folder), f"has no {name}",
                               f"give a folder with {CONFIG} and {WEIGHTS} (a run's checkpoints/<key>/ or model/)")

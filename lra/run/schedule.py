@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import (
-    ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR, StepLR,
+    ConstantLR,
+    CosineAnnealingLR,
+    LinearLR,
+    LRScheduler,
+    SequentialLR,
+    StepLR,
 )
 
 

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from hydra_plugins.lra_optuna_sweeper.storage import PRUNER_ATTR, RUN_ID_ATTR, make_storage  # noqa: F401
+from lra.sweep.callback import run_metrics
 
 
 def make_pruner(spec: Mapping[str, Any] | None) -> Any:
@@ -91,9 +92,8 @@ def open_trial(sweep: Mapping[str, Any]) -> TrialReporter | None:
 
 
 def run_values(client: Any, run: Any, objectives: Sequence[str]) -> Optional[list[float]]:
-    """What `lra.train.train` returned for `objectives`, read from its FINISHED run (None if one is missing):
-    eval_* are the best-dev epoch's values, the others the final ones (`lra.sweep.run_metrics`)."""
-    from lra.sweep import run_metrics
+    """What `lra.run.train.train` returned for `objectives`, read from its FINISHED run (None if one is missing):
+    eval_* are the best-dev epoch's values, the others the final ones (`lra.sweep.callback.run_metrics`)."""
 
     metrics = run_metrics(client, run)
     values = [metrics.get(name) for name in objectives]

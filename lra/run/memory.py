@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lra.batches import make_batch, to_device
 from lra.data import Split
-from lra.step import Batch, trim_padding
+from lra.run.batches import make_batch, to_device
+from lra.run.step import Batch, trim_padding
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """One run on many processes: who this process is, its device, and the few collectives training needs.
 
-A process learns its place from torchrun's or srun's environment (`lra.place`); a process started alone is
+A process learns its place from torchrun's or srun's environment (`lra.parallel.place`); a process started alone is
 one process with no process group (`Distributed()`), and every helper here is then a no-op.
 
 `hardware.device=auto` (or `cuda`) gives each rank its local GPU, `cuda:<LOCAL_RANK>` (modulo the visible
@@ -20,8 +20,9 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
+from lra.config import resolve_device
 from lra.errors import ConfigError
-from lra.place import Place, place_from_env  # noqa: F401 (Place re-exported)
+from lra.parallel.place import Place, place_from_env  # noqa: F401 (Place re-exported)
 
 
 def rank_device(setting: str, local_rank: int) -> torch.device:
@@ -56,7 +57,7 @@ class Distributed:
 
     @property
     def shard(self) -> tuple[int, int]:
-        """(rank, world_size): what `lra.batches.iterate_batches(..., shard=)` takes."""
+        """(rank, world_size): what `lra.run.batches.iterate_batches(..., shard=)` takes."""
         return self.rank, self.world_size
 
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
@@ -107,7 +108,6 @@ def setup(device_setting: str, env: Mapping[str, str] = os.environ,
     on the rank's own device; started alone, one process on `hardware.device`. Call `teardown` at the end."""
     place = place_from_env(env)
     if place is None:
-        from lra.config import resolve_device
 
         return Distributed(device=resolve_device(device_setting))
     device = rank_device(device_setting, place.local_rank)
@@ -153,7 +153,7 @@ def rank_zero_first(ctx: Distributed) -> Iterator[None]:
 
 def wrap(model: torch.nn.Module, ctx: Distributed) -> torch.nn.Module:
     """The module training calls: `model` itself in one process, else `DistributedDataParallel(model)`
-    whose gradient all-reduce SUMS over ranks (`lra.step` weights each chunk by its share of the global
+    whose gradient all-reduce SUMS over ranks (`lra.run.step` weights each chunk by its share of the global
     batch, so the sum is the global-batch gradient). Buffers are constants here (no batch norm): they are
     not synchronised at each forward."""
     if not ctx.active:

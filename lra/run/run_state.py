@@ -1,6 +1,6 @@
 """The state of one training run as one object, `Run`, and the few things the loop asks of it.
 
-`lra.train` builds a `Run` (data, model, optimiser, scheduler, scaler, progress, tracker, checkpoint store,
+`lra.run.train` builds a `Run` (data, model, optimiser, scheduler, scaler, progress, tracker, checkpoint store,
 distributed context, stop signals) and the loop reads top to bottom against it. Under several processes the
 object hides who does what: every rank trains and evaluates its shares; rank 0 alone writes (MLflow through
 `tracker`, checkpoints through `store`); what one rank reads (a checkpoint, a stop signal, the pruner's word)
@@ -17,12 +17,12 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lra.batches import iterate_batches
-from lra.checkpoint import CheckpointStore, rng_state
 from lra.data import Split
-from lra.distributed import Distributed
-from lra.interrupt import StopSignals
-from lra.step import StepStats, evaluate_batches
+from lra.parallel.distributed import Distributed
+from lra.parallel.interrupt import StopSignals
+from lra.run.batches import iterate_batches
+from lra.run.checkpoint import CheckpointStore, rng_state
+from lra.run.step import StepStats, evaluate_batches
 
 
 @dataclass
@@ -148,7 +148,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     store: CheckpointStore
-    tracker: Any  # lra.tracking.RunTracker on rank 0, QuietTracker elsewhere
+    tracker: Any  # lra.record.tracking.RunTracker on rank 0, QuietTracker elsewhere
     stop: StopSignals
     memory: PeakMemory
     progress: Progress = field(default_factory=Progress)

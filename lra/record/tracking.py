@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lra.stores import check_tracking_store, redact
+from lra.data import read_prepared_manifest
+from lra.record.stores import check_tracking_store, redact
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,19 @@ def ui_command(uri: str, *, experiment: Optional[str] = None, sweep_id: Optional
     elif experiment:
         command += f" --experiment {experiment}"
     return command
+
+
+def ui_hint(cfg: DictConfig, uri: str) -> Optional[str]:
+    """The run's last line, `Open the UI: python -m lra.ui ...`; None for a job inside a multirun (the sweep
+    prints it once when it ends)."""
+
+    if _in_multirun():
+        return None
+    return f"Open the UI: {ui_command(uri, experiment=cfg.tracking.experiment or cfg.task)}"
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 # MLflow 3's experiment kind: the Python client never sets it; the UI's kind selector writes it. Ours are model
@@ -101,7 +117,6 @@ def task_dataset(cfg: DictConfig) -> Optional[Any]:
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.data.sources import LocalArtifactDatasetSource
 
-    from lra.data import read_prepared_manifest
 
     found = read_prepared_manifest(cfg.data, cfg.dataset)
     if found is None:

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Optional, TextIO
 
-log = logging.getLogger("lra.progress")
+log = logging.getLogger("lra.run.progress")
 
 INTERVAL_S = 30.0
 TTY_REFRESH_S = 1.0

@@ -34,7 +34,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lra.errors import ConfigError
-from lra.stores import check_tracking_store, redact
+from lra.parallel.interrupt import Interrupted
+from lra.record.stores import check_tracking_store, redact
+from lra.record.tracking import ensure_experiment as ensure
+from lra.record.tracking import tracking_uri, ui_command
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,6 @@ def sweep_id_of(config: DictConfig) -> str:
 
 def tracking_uri_of(cfg: DictConfig) -> str:
     """The store the jobs of this config write to (the trainer's rule, so both always agree)."""
-    from lra.tracking import tracking_uri
 
     return tracking_uri(OmegaConf.select(cfg, "tracking.uri", default=None))
 
@@ -89,8 +91,7 @@ def experiment_of(cfg: DictConfig) -> str:
 
 
 def ensure_experiment(client: Any, name: str) -> str:
-    """The id of experiment `name`, created if missing, tagged as a training experiment (lra.tracking's rule)."""
-    from lra.tracking import ensure_experiment as ensure
+    """The id of experiment `name`, created if missing, tagged as a training experiment (lra.record.tracking's rule)."""
 
     return ensure(client, name)
 
@@ -137,7 +138,6 @@ def fail_orphan_runs(tracking_uri: str, experiment: str, study_name: str, trial_
 def _interrupt(signum: int, frame: Any) -> None:
     """Record the stop signal and end the sweep: `Interrupted` is a SystemExit (130 / 143, no traceback) that
     the sweepers and `train()` treat as an interruption (trials FAIL, runs KILLED)."""
-    from lra.interrupt import Interrupted
 
     global _stop_signal
     _stop_signal = int(signum)
@@ -245,7 +245,7 @@ def completed_metrics(cfg: DictConfig, store: Any) -> Optional[dict[str, float]]
     """For a job of a grid sweep run again: the metrics of the sweep's FINISHED run of this config (no new run),
     else None (train it). Waits first while another process trains the config (a job of the earlier command
     still running). Only for grid jobs (`sweep.id` set, no Optuna trial) with `checkpoint.resume` true;
-    `store` is the config's `lra.checkpoint.CheckpointStore`. The caller takes the store's lock afterwards."""
+    `store` is the config's `lra.run.checkpoint.CheckpointStore`. The caller takes the store's lock afterwards."""
     if not cfg.sweep.id or cfg.sweep.trial_number is not None or not cfg.checkpoint.resume:
         return None
     _wait_while_trained_elsewhere(Path(store.folder))
@@ -358,7 +358,6 @@ class SweepRunCallback(Callback):
                 self.client.set_tag(run_id, f"jobs_{state.lower()}", str(counts.get(state, 0)))
             self.client.set_terminated(run_id, status=status)
             log.info("sweep %s ended %s: %s", self.sweep_id, status, dict(counts))
-            from lra.tracking import ui_command  # the UI hint, once per sweep (its jobs print none)
 
             print(f"Open the UI: {ui_command(self.client.tracking_uri, sweep_id=self.sweep_id)}")
         except Exception as error:  # noqa: BLE001 - at exit, report rather than mask the sweep's own error

@@ -2,7 +2,7 @@
 
 Batch gathering is timed on each task's real array shape and dtype (random tokens in a .npy under a temporary
 folder, so no release files are needed), both copied into memory and memory-mapped: random indices of one batch,
-sorted (as `lra.batches` does), gathered and converted to int64 torch tensors with masks, as the trainer does.
+sorted (as `lra.run.batches` does), gathered and converted to int64 torch tensors with masks, as the trainer does.
 """
 
 from __future__ import annotations
@@ -13,6 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from lra.data import LOADERS, Split, sequence_length, snakes
+from lra.data.params import parse
+from lra.data.store import token_dtype
+from lra.data.tasks import task_names, task_preset, task_presets
+from lra.run.batches import make_batch
+
 # Token dtypes of the prepared arrays: the smallest that holds the loader's ids, except for bytes (text,
 # retrieval), whose arrays are uint8 unless a document holds the byte 0xFF (as the real releases do not).
 BYTE_LOADERS = ("text", "retrieval")
@@ -21,9 +27,6 @@ MAX_BYTES = 1 << 28  # the synthetic token array per task is capped at 256 MB (r
 
 def shape(task: str) -> tuple[int, int, np.dtype, bool]:
     """(samples, length T, token dtype, two documents) of `task`'s train split, from its conf/task file."""
-    from lra.data import LOADERS, sequence_length
-    from lra.data.store import token_dtype
-    from lra.data.tasks import task_preset
 
     preset = task_preset(task)
     data = preset["data"]
@@ -44,8 +47,6 @@ def distinct_shapes(tasks) -> list[str]:
 
 
 def synthetic_split(folder: Path, n: int, T: int, dtype, dual: bool, rng: np.random.Generator):
-    from lra.data import Split
-
     def tokens(name: str) -> np.ndarray:
         arr = np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=dtype, shape=(n, T))
         for start in range(0, n, 4096):
@@ -64,9 +65,9 @@ def synthetic_split(folder: Path, n: int, T: int, dtype, dual: bool, rng: np.ran
 
 def gather_rate(split, batch: int, seconds: float, rng: np.random.Generator, trainer: bool = False) -> float:
     """Samples per second of gathering random batches: `Split.batch` (numpy gather, int64 tensors), or with
-    `trainer` the trainer's `lra.batches.make_batch` (also masks from lengths)."""
+    `trainer` the trainer's `lra.run.batches.make_batch` (also masks from lengths)."""
     if trainer:
-        from lra.batches import make_batch as one
+        one = make_batch
     else:
         def one(s, index):
             return s.batch(np.sort(index))
@@ -81,14 +82,8 @@ def gather_rate(split, batch: int, seconds: float, rng: np.random.Generator, tra
 
 
 def bench_gather(tasks: list[str], batch: int, seconds: float) -> list[tuple]:
-    """Per task: (task, shape, in memory, in memory through lra.batches (or None), memory-mapped) samples/s."""
-    from lra.data import Split
+    """Per task: (task, shape, in memory, in memory through lra.run.batches (or None), memory-mapped) samples/s."""
 
-    try:
-        import lra.batches  # noqa: F401  (the trainer's batching, when present)
-        trainer = True
-    except ImportError:
-        trainer = False
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,17 +98,13 @@ def bench_gather(tasks: list[str], batch: int, seconds: float) -> list[tuple]:
                 mapped_split.tokens, mapped_split.lengths, mapped_split.labels, mapped_split.tokens2,
                 mapped_split.lengths2)))
             rate = gather_rate(split, batch, seconds, rng)
-            through = gather_rate(split, batch, seconds, rng, trainer=True) if trainer else None
+            through = gather_rate(split, batch, seconds, rng, trainer=True)
             rows.append((task, f"{n}x{T}{'x2' if dual else ''} {np.dtype(dtype).name}", rate, through, mapped))
             del split, mapped_split
     return rows
 
 
 def bench_generators(images: int, workers: int | None) -> list[tuple[str, float]]:
-    from lra.data import LOADERS, snakes
-    from lra.data.params import parse
-    from lra.data.tasks import task_presets
-
     rows = []
     generated = [(task, spec["data"]) for task, spec in task_presets().items()
                  if spec["data"]["loader"] == snakes.PathfinderGenerated.name]
@@ -134,11 +125,10 @@ def main(args) -> int:
     if args.generators:
         for task, rate in bench_generators(args.images, args.workers):
             print(f"{task:24s} {rate:10.0f} images/s ({args.images} images, workers={args.workers or 'all cores'})")
-    from lra.data.tasks import task_names
 
     tasks = args.tasks or distinct_shapes(task_names())
     print(f"batch {args.batch}, samples/s (ms per batch); torch threads {torch.get_num_threads()}")
-    print(f"{'task':18s} {'array':26s} {'Split.batch':>22s} {'lra.batches.make_batch':>24s} {'memory-mapped':>22s}")
+    print(f"{'task':18s} {'array':26s} {'Split.batch':>22s} {'lra.run.batches.make_batch':>24s} {'memory-mapped':>22s}")
     for task, shape, rate, through, mapped in bench_gather(tasks, args.batch, args.seconds):
         cells = [f"{r:10.0f} ({1e3 * args.batch / r:6.3f})" if r else f"{'-':>19s}" for r in (rate, through, mapped)]
         print(f"{task:18s} {shape:26s} {cells[0]:>22s} {cells[1]:>24s} {cells[2]:>22s}")
