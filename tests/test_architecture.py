@@ -90,3 +90,12 @@ def test_the_training_path_never_imports_the_ui_report_or_benchmarks():
     for path in (ROOT / "lra" / "run").rglob("*.py"):
         for _, imported in _lra_imports(ast.parse(path.read_text())):
             assert _layer(imported) not in {"compare", "bench"}, f"{path.name} imports {imported}"
+
+
+def test_the_sweeper_plugin_imports_nothing_of_lra():
+    """The sweeper stands alone (Hydra's own plugins import only hydra and their library): lra plugs into it
+    through `hydra_plugins/lra_optuna_sweeper/app.py`. (The local_gpus launcher is lra's own: it shares
+    `lra.parallel.devices` with the trainer.)"""
+    for path in (ROOT / "hydra_plugins" / "lra_optuna_sweeper").rglob("*.py"):
+        imported = _lra_imports(ast.parse(path.read_text()))
+        assert not imported, f"{path.name}:{imported[0][0].lineno} imports {imported[0][1]}"

@@ -22,7 +22,9 @@ if str(REPO) not in sys.path:  # launch.py finds hydra_plugins/ beside it; an in
 
 from hydra_plugins.lra_optuna_sweeper._errors import SweeperError  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper._impl import FAIL_REASON_ATTR, HEARTBEAT_ATTR, LraOptunaSweeperImpl, Plan, outcome  # noqa: E402
-from hydra_plugins.lra_optuna_sweeper._lra import LraApp, default_direction  # noqa: E402
+from hydra_plugins.lra_optuna_sweeper.app import SweepApp, default_direction, load_app  # noqa: E402
+from hydra_plugins.lra_optuna_sweeper.config import LraOptunaSweeperConf  # noqa: E402
+from lra.sweep.optuna_app import LraSweepApp as LraApp  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper._space import format_value, parse_search_space  # noqa: E402
 from lra.sweep.callback import redact  # noqa: E402
 from lra.sweep.trial import PRUNER_ATTR, make_storage, open_trial  # noqa: E402
@@ -82,7 +84,8 @@ def test_direction_follows_the_metric_name():
     assert default_direction("eval_accuracy") == "maximize"
     assert default_direction("samples_per_second") == "maximize"
     assert default_direction("eval_loss") == "minimize"
-    assert default_direction("peak_memory_mb") == "minimize"
+    assert default_direction("peak_memory_mb") == "maximize"  # the plugin knows no memory metric
+    assert LraApp(OmegaConf.create(LRA_CONFIG)).direction("peak_memory_mb") == "minimize"  # lra does
 
 
 def _ret(status: JobStatus, value):
@@ -153,7 +156,9 @@ def test_objectives_and_their_directions_in_an_lra_app():
     app = LraApp(OmegaConf.create({"sweep": {"objective": ["eval_accuracy", "samples_per_second",
                                                            "peak_memory_mb"]}}))
     assert app.objectives() == ["eval_accuracy", "samples_per_second", "peak_memory_mb"]
-    assert _sweeper()._directions(app.objectives()) == ["maximize", "maximize", "minimize"]
+    sweeper = _sweeper()
+    sweeper.app = app
+    assert sweeper._directions(app.objectives()) == ["maximize", "maximize", "minimize"]
     assert _sweeper(direction=["minimize"] * 3)._directions(app.objectives()) == ["minimize"] * 3
     with pytest.raises(SweeperError, match="one direction per objective"):
         _sweeper(direction="maximize")._directions(app.objectives())
@@ -164,19 +169,31 @@ def test_objectives_and_their_directions_in_an_lra_app():
             LraApp(OmegaConf.create({"sweep": {"objective": bad}})).objectives()
 
 
-def test_lra_extras_apply_only_to_an_app_with_a_sweep_node():
-    assert LraApp.detect(OmegaConf.create({"x": 1, "y": 2})) is None
-    assert isinstance(LraApp.detect(OmegaConf.create(LRA_CONFIG)), LraApp)
+def test_the_app_is_the_one_the_config_names_else_the_neutral_one():
+    assert type(load_app(None, OmegaConf.create({"x": 1, "y": 2}))) is SweepApp
+    assert isinstance(load_app("lra.sweep.optuna_app.LraSweepApp", OmegaConf.create(LRA_CONFIG)), LraApp)
+    for bad in ("lra.sweep.optuna_app.Missing", "no_such_module.App", "lra.sweep.optuna_app.OmegaConf"):
+        with pytest.raises(SweeperError, match="hydra.sweeper.app"):
+            load_app(bad, OmegaConf.create(LRA_CONFIG))
+
+
+def test_the_default_app_is_read_from_the_app_configs_sweeper_app_key():
+    node = OmegaConf.merge({"sweeper_app": "lra.sweep.optuna_app.LraSweepApp"},
+                           {"hydra": {"sweeper": OmegaConf.structured(LraOptunaSweeperConf)}})
+    assert node.hydra.sweeper.app == "lra.sweep.optuna_app.LraSweepApp"
+    assert OmegaConf.create({"hydra": {"sweeper": OmegaConf.structured(LraOptunaSweeperConf)}}).hydra.sweeper.app \
+        is None
 
 
 def test_default_storage_lies_beside_the_sqlite_mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/runs/mlflow.db")
     sweeper = _sweeper()
     sweeper.config = OmegaConf.create({"tracking": {"uri": None}, "sweep": {}})
-    sweeper.app = LraApp.detect(sweeper.config)
+    sweeper.app = LraApp(sweeper.config)
     assert sweeper._storage_url() == f"sqlite:///{tmp_path}/runs/optuna.db"
     monkeypatch.chdir(tmp_path)
     other = _sweeper()  # any other app: optuna.db in the launch folder
+    other.app = SweepApp(OmegaConf.create({}))
     assert other._storage_url() == f"sqlite:///{tmp_path}/optuna.db"
     assert _sweeper(storage="postgresql://db/optuna")._storage_url() == "postgresql://db/optuna"
     monkeypatch.chdir(tmp_path)
@@ -188,7 +205,7 @@ def test_a_resumed_study_keeps_direction_and_fails_stale_trials(tmp_path, monkey
     url = f"sqlite:///{tmp_path}/optuna.db"
     sweeper = _sweeper()
     sweeper.config = OmegaConf.create(LRA_CONFIG)
-    sweeper.app = LraApp.detect(sweeper.config)
+    sweeper.app = LraApp(sweeper.config)
     plan = _plan(url)
     study = sweeper._open_study(plan)
     killed = study.ask()  # a worker that was killed: RUNNING, its last heartbeat long ago

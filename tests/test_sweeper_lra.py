@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hydra_plugins.lra_optuna_sweeper._impl import HEARTBEAT_ATTR, LraOptunaSweeperImpl, Plan  # noqa: E402
-from hydra_plugins.lra_optuna_sweeper._lra import LraApp  # noqa: E402
+from lra.sweep.optuna_app import LraSweepApp  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper._space import parse_search_space  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper.storage import make_storage  # noqa: E402
 from lra.compare.pareto import dominates  # noqa: E402
@@ -128,7 +128,7 @@ def test_a_stale_running_trial_whose_run_finished_is_told_complete(tmp_path, mon
                                    heartbeat_interval=1.0, grace_period=3.0, validate=None)
     sweeper.config = OmegaConf.create({"sweep": {"objective": objectives}, "task": "listops-small",
                                        "tracking": {"uri": None, "experiment": None}})
-    sweeper.app = LraApp.detect(sweeper.config)
+    sweeper.app = LraSweepApp(sweeper.config)
     plan = Plan(parse_search_space([]), objectives, ["maximize", "minimize", "maximize"],
                 {"_target_": "optuna.samplers.RandomSampler"}, None, 1, url, "settle", None)
     sweeper._fail_stale(study, plan)

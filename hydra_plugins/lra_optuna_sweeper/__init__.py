@@ -3,6 +3,7 @@
 Modules: `config` (the sweeper's config, its sampler and pruner groups, registered in Hydra's ConfigStore),
 `lra_optuna_sweeper` (the plugin class Hydra discovers), `_impl` (the trial loop), `_space` (the search space
 grammar), `_samplers` (samplers and pruners built and checked before any trial), `storage` (storages opened
-safely by parallel processes; shared with the jobs), `_lra` (lra's extras, used only in an lra app), `_errors`
-(one-line user errors). The job's side of a trial is `lra.sweep.trial`. None of it imports lra at load.
+safely by parallel processes; shared with the jobs), `app` (the interface an app plugs its extras into,
+`hydra.sweeper.app`), `_errors` (one-line user errors). It imports nothing of lra: lra plugs in from its side
+(`lra.sweep.optuna_app`, the job's side of a trial in `lra.sweep.trial`).
 """

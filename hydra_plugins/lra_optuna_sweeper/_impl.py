@@ -13,20 +13,19 @@ and tells every trial how its job ended:
 stopped, and several workers on one storage share the work (they take turns to ask, under the storage's lock:
 a file beside a file storage, an advisory lock on PostgreSQL; so together they start exactly `n_trials`).
 While its jobs run, the sweeper marks their trials with a heartbeat (a trial user attribute); a RUNNING trial
-without one for `grace_period` seconds belongs to a killed worker: in an lra app whose job's MLflow run FINISHED
+without one for `grace_period` seconds belongs to a killed worker: in an app whose own record says the job FINISHED
 it is told COMPLETE with the run's values, otherwise it ends FAIL. Before it returns, the sweeper waits until no
 trial of the study is RUNNING.
 
 Everything that can be wrong with the settings, the search space, the sampler (a missing optional package)
 or the pruner is found before the study is opened and reported as one `error:` line (exit 2); a study that
-ends without any COMPLETE trial, or with too many failed ones, exits 1. lra's extras (`_lra.LraApp`) apply
-only when the app's config has lra's `sweep` node.
+ends without any COMPLETE trial, or with too many failed ones, exits 1. What the app adds (its objectives,
+storage, validation, record) comes through `app.SweepApp`, named by `hydra.sweeper.app`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import signal
@@ -50,7 +49,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from ._errors import SweeperError, SweepFailed, user_errors
-from ._lra import ENV_SWEEP_ID, VALIDATE, LraApp, default_direction
+from .app import SweepApp, load_app
 from ._samplers import (
     build_pruner,
     build_sampler,
@@ -105,7 +104,7 @@ class LraOptunaSweeperImpl(Sweeper):
                  n_trials: int, n_jobs: int, max_failure_rate: float, params: Optional[DictConfig],
                  enqueue: Sequence[Any], heartbeat_interval: float, grace_period: float,
                  validate: Optional[str] = "auto", custom_search_space: Optional[str] = None,
-                 search_space: Optional[Mapping[str, Any]] = None) -> None:
+                 search_space: Optional[Mapping[str, Any]] = None, app: Optional[str] = None) -> None:
         if n_trials < 1:
             raise SweeperError("hydra.sweeper.n_trials", n_trials, "must be at least 1", "set a positive count")
         if n_jobs < 1:
@@ -129,11 +128,12 @@ class LraOptunaSweeperImpl(Sweeper):
         self.enqueue = [self._plain(p) for p in (enqueue or [])]
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.validate = validate
+        self.app_path = app
         self.job_idx = 0
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.launcher: Any = None
-        self.app: Optional[LraApp] = None
+        self.app: SweepApp = SweepApp(OmegaConf.create())  # the neutral app until the plan names the app's
         self.study: Optional[optuna.Study] = None
 
     @staticmethod
@@ -179,7 +179,7 @@ class LraOptunaSweeperImpl(Sweeper):
         if objectives is None:
             return self.direction or ["minimize"]
         if self.direction is None:
-            return [default_direction(name) for name in objectives]
+            return [self.app.direction(name) for name in objectives]
         if len(self.direction) != len(objectives):
             raise SweeperError("hydra.sweeper.direction", self.direction if len(self.direction) > 1
                                else self.direction[0], f"{len(self.direction)} direction(s) for "
@@ -198,9 +198,7 @@ class LraOptunaSweeperImpl(Sweeper):
         if spec:
             url = str(spec)
             return url if "://" in url else str(Path(url).expanduser().resolve())  # a journal file
-        if self.app is not None:
-            return self.app.default_storage()
-        return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+        return self.app.default_storage() or f"sqlite:///{Path.cwd() / 'optuna.db'}"
 
     def _extender(self) -> Optional[Callable[[DictConfig, optuna.Trial], None]]:
         if not self.custom_search_space:
@@ -220,8 +218,8 @@ class LraOptunaSweeperImpl(Sweeper):
     def _plan(self, arguments: list[str]) -> Plan:
         assert self.config is not None
         space = self._search_space(arguments)
-        self.app = LraApp.detect(self.config)
-        objectives = self.app.objectives() if self.app is not None else None
+        self.app = load_app(self.app_path, self.config)
+        objectives = self.app.objectives()
         directions = self._directions(objectives)
         sampler = resolve_sampler(self.sampler_spec, len(directions))
         pruner = resolve_pruner(self.pruner_spec, len(directions))
@@ -234,7 +232,7 @@ class LraOptunaSweeperImpl(Sweeper):
                 log.info("n_trials %d capped to the grid's %d points", n_trials, size)
                 n_trials = size
         url = self._storage_url()
-        name = str(self.study_name or os.environ.get(ENV_SWEEP_ID) or new_sweep_id())
+        name = str(self.study_name or self.app.study_name() or new_sweep_id())
         plan = Plan(space, objectives, directions, sampler, pruner, n_trials, url, name, self._extender())
         self._validate_space(plan)
         return plan
@@ -251,7 +249,7 @@ class LraOptunaSweeperImpl(Sweeper):
             raise _composition_error(error, plan.space) from None
         target = self.validate
         if target == "auto":
-            target = VALIDATE if self.app is not None else None
+            target = self.app.validator()
         if not target:
             return
         validate = get_method(target)

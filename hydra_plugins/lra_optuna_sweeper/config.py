@@ -219,9 +219,13 @@ class LraOptunaSweeperConf:
     heartbeat_interval: float = 5.0  # seconds between the sweeper's "still running" marks on its trials
     grace_period: float = 30.0       # a RUNNING trial without a mark for this long was killed: FAIL it
     # `cfg -> None` run on a job config at the low end of the search space before the study is opened (raise
-    # to stop the sweep before any trial exists); auto: lra.config.validate in an lra app (a config with a
-    # `sweep` node), else nothing; null: only Hydra's composition check
+    # to stop the sweep before any trial exists); auto: the app's validator (`SweepApp.validator`: lra's is
+    # lra.config.validate), else nothing; null: only Hydra's composition check
     validate: Optional[str] = "auto"
+    # the app's hooks (objectives, storage, validation, its own record of trials): a dotted path to a subclass
+    # of hydra_plugins.lra_optuna_sweeper.app.SweepApp; by default the app config's top-level `sweeper_app` key,
+    # if it has one (lra's conf/config.yaml names lra.sweep.optuna_app.LraSweepApp); null: the neutral app
+    app: Optional[str] = "${oc.select:sweeper_app,null}"
 
 
 _SAMPLERS = {"auto": AutoSamplerConf, "tpe": TPESamplerConf, "motpe": TPESamplerConf, "random": RandomSamplerConf,

@@ -136,6 +136,7 @@ class Schema:
     checkpoint: CheckpointSchema = field(default_factory=CheckpointSchema)
     sweep: SweepSchema = field(default_factory=SweepSchema)
     published: PublishedSchema = field(default_factory=PublishedSchema)
+    sweeper_app: Optional[str] = None  # what lra adds to an Optuna sweep (hydra_plugins/lra_optuna_sweeper/app.py)
 
 
 @functools.lru_cache(maxsize=1)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Keys that do not change what a run computes: where it logs, where it saves, how it reports progress. Of the
 # sweep node only the Optuna trial stays: two trials with equal parameters are still two runs.
-_NOT_IN_IDENTITY = ("tracking", "checkpoint")
+_NOT_IN_IDENTITY = ("tracking", "checkpoint", "sweeper_app")
 _NOT_IN_IDENTITY_LEAVES = (("hardware", "num_threads"), ("training", "log_every"), ("training", "checkpoint_every"),
                            ("sweep", "id"), ("sweep", "parent_run_id"), ("sweep", "storage"))
 

@@ -1,55 +1,36 @@
-"""lra's extras, used only when the app is an lra app: its config has a `sweep` node and `lra` imports.
+"""What lra adds to an Optuna sweep (`hydra/sweeper=lra_optuna`), through the plugin's `SweepApp` interface.
 
-In an lra app the sweeper reads the objective(s) from `sweep.objective` (each with its direction), hands every
-job its trial (`sweep.storage`, `sweep.study_name`, `sweep.trial_number`) so the job reports after each epoch
-and can be pruned, validates a job config with `lra.config.validate` before the study opens, keeps the Optuna
-storage beside the sqlite MLflow store, settles the MLflow runs of interrupted trials and records the study's
-result on the sweep's parent MLflow run. Any other Hydra app gets none of this and needs none of it.
+The objective(s) come from `sweep.objective` (each with its direction), every job gets its trial
+(`sweep.storage`, `sweep.study_name`, `sweep.trial_number`) so it reports after each epoch and can be pruned, a
+job config is checked with `lra.config.validate` before the study opens, the Optuna storage sits beside the
+sqlite MLflow store, the MLflow runs of interrupted trials are settled, and the study's result is recorded on the
+sweep's parent MLflow run. `conf/config.yaml` names this class as `sweeper_app`.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from mlflow.tracking import MlflowClient
+from omegaconf import ListConfig, OmegaConf
 
-from ._errors import SweeperError
+from hydra_plugins.lra_optuna_sweeper._errors import SweeperError
+from hydra_plugins.lra_optuna_sweeper.app import SweepApp
+from lra.config import OBJECTIVES
+from lra.sweep.callback import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, experiment_of, fail_orphan_runs, tracking_uri_of
+from lra.sweep.trial import finished_values
 
-log = logging.getLogger(__name__)
-
-ENV_SWEEP_ID = "LRA_SWEEP_ID"  # as lra.sweep.callback: set by lra's SweepRunCallback before the sweep starts
-ENV_PARENT_RUN_ID = "LRA_SWEEP_PARENT_RUN_ID"
 MINIMIZED = ("peak_memory_mb",)  # besides *_loss: metrics where lower is better
-VALIDATE = "lra.config.validate"
 
 
-def default_direction(objective: str) -> str:
-    return "minimize" if objective.endswith("loss") or objective in MINIMIZED else "maximize"
-
-
-class LraApp:
+class LraSweepApp(SweepApp):
     """The lra side of a sweep over `config` (the sweeper's composed config)."""
-
-    def __init__(self, config: DictConfig) -> None:
-        self.config = config
-
-    @staticmethod
-    def detect(config: DictConfig) -> Optional["LraApp"]:
-        if not isinstance(OmegaConf.select(config, "sweep", default=None), DictConfig):
-            return None
-        try:
-            import lra.config  # noqa: F401
-        except ImportError:
-            return None
-        return LraApp(config)
 
     def objectives(self) -> list[str]:
         """`sweep.objective` as a list of metric names the trainer returns (one or several)."""
-        from lra.config import OBJECTIVES
-
         raw = OmegaConf.select(self.config, "sweep.objective", default=None)
         names = list(raw) if isinstance(raw, (ListConfig, list, tuple)) else [raw]
         shown = OmegaConf.to_container(raw) if isinstance(raw, ListConfig) else raw
@@ -63,9 +44,16 @@ class LraApp:
             raise SweeperError("sweep.objective", shown, "an objective is listed twice", "list each once")
         return [str(name) for name in names]
 
-    def tracking_uri(self) -> str:
-        from lra.sweep.callback import tracking_uri_of
+    def direction(self, objective: str) -> str:
+        return "minimize" if objective.endswith("loss") or objective in MINIMIZED else "maximize"
 
+    def validator(self) -> str:
+        return "lra.config.validate"
+
+    def study_name(self) -> Optional[str]:
+        return os.environ.get(ENV_SWEEP_ID)  # set by lra's SweepRunCallback before the sweep starts
+
+    def tracking_uri(self) -> str:
         return tracking_uri_of(self.config)
 
     def default_storage(self) -> str:
@@ -73,28 +61,18 @@ class LraApp:
         folder = Path(uri[len("sqlite:///"):]).resolve().parent if uri.startswith("sqlite:///") else Path.cwd()
         return f"sqlite:///{folder / 'optuna.db'}"
 
-    @staticmethod
-    def job_overrides(url: str, name: str, number: int, quote: Any) -> list[str]:
+    def job_overrides(self, url: str, name: str, number: int, quote: Any) -> list[str]:
         return [f"sweep.storage={quote(url)}", f"sweep.study_name={quote(name)}", f"sweep.trial_number={number}"]
 
     def finished_values(self, study_name: str, number: int, objectives: Sequence[str]) -> Optional[list[float]]:
         """The objective values of a trial whose job's MLflow run FINISHED (None if it did not)."""
-        from lra.sweep.callback import experiment_of
-        from lra.sweep.trial import finished_values
-
         return finished_values(self.tracking_uri(), experiment_of(self.config), study_name, number, objectives)
 
     def fail_orphan_runs(self, study_name: str, number: int) -> None:
-        from lra.sweep.callback import experiment_of, fail_orphan_runs
-
         fail_orphan_runs(self.tracking_uri(), experiment_of(self.config), study_name, number)
 
     def record(self, results: dict[str, Any], objectives: Sequence[str], results_file: Path) -> None:
         """The study's result on the sweep's parent run: trial counts, the best trial or the Pareto front."""
-        import json
-
-        from mlflow.tracking import MlflowClient
-
         parent = os.environ.get(ENV_PARENT_RUN_ID)
         if not parent:
             return
