@@ -292,10 +292,10 @@ def test_memory_estimate_follows_the_task(tmp_path: Path) -> None:
 
 
 def readme_keys() -> list[str]:
-    """The keys of the README's table "Keys the seed lacks" (a bare name continues the row's first key's path;
+    """The keys of the table "Keys the seed lacks" in docs/configuration.md (a bare name continues the row's first key's path;
     `sweep.*` expands to the names its row lists), plus every key of the schema."""
-    text = (REPO / "README.md").read_text()
-    table = text.split("### Keys the seed lacks", 1)[1].split("\n\n", 2)[1]
+    text = (REPO / "docs" / "configuration.md").read_text()
+    table = text.split("## Keys the seed lacks", 1)[1].split("\n\n", 2)[1]
     keys: list[str] = []
     for row in table.splitlines()[2:]:
         first, meaning = row.split("|")[1], row.split("|")[3]

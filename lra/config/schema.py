@@ -178,7 +178,7 @@ def _schema_error(cfg: DictConfig, error: OmegaConfBaseException) -> ConfigError
     if isinstance(error, ConfigKeyError):
         known = _known_keys(_schema(), "")
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-        fix = f"did you mean {close[0]}?" if close else "remove it; see the README's list of keys"
+        fix = f"did you mean {close[0]}?" if close else "remove it; the keys are listed in docs/configuration.md"
         return ConfigError(key, value, "unknown config key", fix)
     expected = type(OmegaConf.select(_schema(), key, default=None)).__name__
     return ConfigError(key, value, f"wrong type ({error.msg.splitlines()[0]})", f"give a value of type {expected}")
