@@ -34,7 +34,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lra.errors import ConfigError
-from lra.stores import check_tracking_store, redact
+from lra.redaction import redact
+from lra.stores import check_tracking_store
 
 log = logging.getLogger(__name__)
 

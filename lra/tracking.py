@@ -20,7 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from lra.stores import check_tracking_store, redact
+from lra.redaction import redact
+from lra.stores import check_tracking_store
 
 log = logging.getLogger(__name__)
 
