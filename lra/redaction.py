@@ -11,10 +11,14 @@ console and Hydra's job log), so a password given in `tracking.uri` or `MLFLOW_T
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, TextIO
+
+from omegaconf import DictConfig, OmegaConf
 
 MASK = "***"
 # scheme://netloc: the netloc runs to the first / ? # or white space (a raw @ in a password stays inside it)
@@ -51,6 +55,11 @@ def redact_tree(tree: Any) -> Any:
     if isinstance(tree, (list, tuple)):
         return [redact_tree(value) for value in tree]
     return tree
+
+
+def redacted_yaml(cfg: DictConfig, resolve: bool = True) -> str:
+    """`cfg` as YAML with every password of a URL in its values masked."""
+    return OmegaConf.to_yaml(OmegaConf.create(redact_tree(OmegaConf.to_container(cfg, resolve=resolve))))
 
 
 class RedactingStream:
@@ -100,3 +109,17 @@ def install() -> None:
     for handler in logging.getLogger().handlers:  # handlers made before: point them at the wrapped streams
         if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.__stdout__, sys.__stderr__):
             handler.setStream(sys.stdout if handler.stream is sys.__stdout__ else sys.stderr)
+
+
+def redact_files(paths: Iterable[Path]) -> None:
+    """Mask the passwords in text files written by others (Hydra's records of the command line), in place."""
+    for path in paths:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        masked = redact(text)
+        if masked != text:
+            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(masked)
+            os.replace(tmp, path)
