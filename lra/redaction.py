@@ -21,29 +21,18 @@ from typing import Any, TextIO
 from omegaconf import DictConfig, OmegaConf
 
 MASK = "***"
-# scheme://netloc: the netloc runs to the first / ? # or white space (a raw @ in a password stays inside it)
-_URL = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<netloc>[^/?#\s]*)")
+# scheme://user:password@host: the user runs to the first ':', the password to the netloc's LAST '@' (greedy
+# up to the first / ? # or white space, so a raw '@' inside a password leaks nothing of it)
+_URL_PASSWORD = re.compile(r"(://[^:/?#@\s]*):[^/?#\s]*@")
 _SECRET_KEYS = r"password|passwd|pwd|pass|secret|token|access_token|api_key|apikey|access_key|sslpassword"
-_QUERY = re.compile(rf"(?P<key>[?&;](?:{_SECRET_KEYS})=)[^&#\s'\"]*", re.IGNORECASE)
-
-
-def _mask_netloc(match: re.Match[str]) -> str:
-    scheme, netloc = match.group("scheme"), match.group("netloc")
-    at = netloc.rfind("@")
-    if at < 0:
-        return match.group(0)
-    userinfo, host = netloc[:at], netloc[at + 1:]
-    if ":" not in userinfo:  # a user name alone
-        return match.group(0)
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}{user}:{MASK}@{host}"
+_QUERY = re.compile(rf"([?&;](?:{_SECRET_KEYS})=)[^&#\s'\"]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
     """`text` with the password of every URL and every secret query value replaced by ***."""
-    if "://" not in text and "=" not in text:
+    if "@" not in text and "=" not in text:
         return text
-    return _QUERY.sub(lambda m: m.group("key") + MASK, _URL.sub(_mask_netloc, text))
+    return _QUERY.sub(rf"\1{MASK}", _URL_PASSWORD.sub(rf"\1:{MASK}@", text))
 
 
 def redact_tree(tree: Any) -> Any:
