@@ -76,6 +76,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _room_fix(folder: Path) -> str:
+    folder = folder.absolute()
     return (f"free space in {folder} (or move {folder.parent} to a disk with room and set checkpoint.dir to it), "
             "then run the same command: it resumes from the last checkpoint")
 

@@ -23,8 +23,8 @@ class DiskFullError(RuntimeError):
     """A write ran out of space; nothing partial was left behind."""
 
     def __init__(self, folder: Path, free: int, needed: int, what: str, fix: str) -> None:
-        self.folder, self.free, self.needed = folder, free, needed
-        super().__init__(f"no space left in {folder} to write {what} ({size(free)} free, {size(needed)} needed); "
+        self.folder, self.free, self.needed = folder.absolute(), free, needed
+        super().__init__(f"no space left in {self.folder} to write {what} ({size(free)} free, {size(needed)} needed); "
                          f"fix: {fix}")
 
 
