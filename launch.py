@@ -8,6 +8,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from lra import redaction
+from lra.disk import DiskFullError
 from lra.errors import ConfigError
 from lra.parallel.place import hydra_overrides_for_rank
 
@@ -17,6 +19,8 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
     """Train one model; return the metric a sweeper optimises (sweep.objective)."""
     from lra.config import validate  # deferred for start-up: `--help` and `--cfg` never import torch
 
+    redaction.install()  # again in a launcher's worker process (joblib, submitit), which did not run __main__
+    redaction.redact_files(_hydra_record_files())
     try:
         validate(cfg)  # before the heavier imports below: a bad config fails fast
         from lra.run.train import train  # deferred for start-up: a bad config fails before torch loads
@@ -28,6 +32,11 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         _remove_unused_run_dir()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except DiskFullError as error:  # a fault, not the user's input: exit 1; the checkpoints are as they were
+        if _is_multirun():
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     objective = cfg.sweep.objective  # a list: a multi-objective Optuna sweep, one value per objective
     return tuple(metrics[name] for name in objective) if OmegaConf.is_list(objective) else metrics[objective]
 
@@ -37,6 +46,19 @@ def _is_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _hydra_record_files() -> list[Path]:
+    """The files Hydra wrote for this job before it started (`.hydra/*.yaml`, the sweep's `multirun.yaml`),
+    which hold the command line as typed: a password in an override is masked in them."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    files = list((folder / (hydra_cfg.output_subdir or ".hydra")).glob("*.yaml")) if hydra_cfg.output_subdir else []
+    if _is_multirun():
+        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    return files
 
 
 def _remove_unused_run_dir() -> None:
@@ -73,6 +95,7 @@ def _check_command_line() -> None:
 
 
 if __name__ == "__main__":
+    redaction.install()  # before Hydra makes its log handlers: every line printed or logged is redacted
     _check_command_line()
     sys.argv += hydra_overrides_for_rank()  # torchrun's and srun's ranks other than 0: a folder of their own
     main()

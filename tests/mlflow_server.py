@@ -1,4 +1,5 @@
-"""Shared by the tests that start a real `mlflow server`: a free loopback port, the wait for /health, the stop."""
+"""Shared by the tests that start a real `mlflow server`: a free loopback port, the start on a sqlite store, the
+wait for /health, the stop."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -41,3 +43,18 @@ def stop(server: subprocess.Popen, how: int = signal.SIGTERM, timeout: float = 3
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def start_server(folder: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port` with its store `folder/mlflow.db` and its artifacts (served) under
+    `folder`, as the README starts one; returns once it answers. Its output goes to `folder/server.log`."""
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    command = [str(mlflow_bin)] if mlflow_bin.exists() else [sys.executable, "-m", "mlflow"]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    server = subprocess.Popen(
+        [*command, "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--workers", "1",
+         "--host", "127.0.0.1", "--port", str(port)],
+        cwd=folder, env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=(folder / "server.log").open("a"), stderr=subprocess.STDOUT, start_new_session=True)
+    wait_until_up(f"http://127.0.0.1:{port}", server, folder / "server.log")
+    return server

@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top. A module's layer is its first folder under lra/ (or its name for a module directly in lra/).
 LAYERS = [
-    {"errors", "compose"},
+    {"errors", "compose", "redaction", "disk"},
     {"attention", "data"},
     {"model"},
     {"config"},
@@ -46,7 +46,9 @@ def _is_command(path: Path) -> bool:
 def _lra_imports(tree: ast.AST) -> list[tuple[ast.stmt, str]]:
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        if isinstance(node, ast.ImportFrom) and node.module == "lra" and node.level == 0:
+            found.extend((node, f"lra.{alias.name}") for alias in node.names)  # `from lra import stores`
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node, node.module))
         elif isinstance(node, ast.Import):
             found.extend((node, alias.name) for alias in node.names)

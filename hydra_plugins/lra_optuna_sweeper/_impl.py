@@ -560,4 +560,7 @@ def _short(values: Optional[Sequence[float]]) -> str:
 
 
 def _redact(text: str) -> str:
-    return re.sub(r"://([^:/@\s]+):[^@\s]*@", r"://\1:***@", text)
+    """URL passwords (up to the netloc's last @, so a raw @ in one leaks nothing) and `password=` values masked
+    (as `lra.redaction.redact`; this plugin stands alone)."""
+    text = re.sub(r"(://[^:/?#@\s]*):[^/?#\s]*@", r"\1:***@", text)
+    return re.sub(r"([?&;](?:password|passwd|pwd|pass|secret|token)=)[^&#\s'\"]*", r"\1***", text, flags=re.I)

@@ -7,7 +7,8 @@ parallel workers never start more than `n_trials` trials. The lock is a file bes
 for sqlite, the same file `lra.record.stores.creation_lock` uses, so lra and the sweeper agree), and the database's own
 lock on PostgreSQL: a session advisory lock, which the server releases when the holder's connection closes, so
 a killed worker never leaves one behind. Where no lock exists (another database such as MySQL, or `filelock`
-not installed) a surplus trial is ended FAIL unlaunched (`_impl`).
+not installed) a surplus trial is ended FAIL unlaunched (`_impl`). A new sqlite storage is made in a temporary
+file beside it and renamed into place, so a process killed while it makes the tables never leaves it half-made.
 
 This module needs neither lra nor filelock: without `filelock` installed the file lock is skipped (and creation
 falls back to retries).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -112,6 +114,30 @@ def can_lock(url: str) -> bool:
     return True
 
 
+def _create_sqlite_file(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """Make a missing sqlite storage whole or not at all (call under `storage_lock`): its tables are made in a
+    temporary file beside it (`<db>.tmp-<pid>`) and renamed into place, so a process killed while making them
+    leaves only a temporary file, which the next creator removes; never a half-made storage."""
+    import optuna
+
+    path, _, query = url[len("sqlite:///"):].partition("?")
+    db = Path(path)
+    if db.exists():
+        return
+    for leftover in db.parent.glob(f"{db.name}.tmp-*"):  # a killed creator's (no live one: the lock is held)
+        leftover.unlink(missing_ok=True)
+    tmp = db.with_name(f"{db.name}.tmp-{os.getpid()}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp}" + (f"?{query}" if query else ""),
+                                         engine_kwargs=engine_kwargs)
+    storage.engine.dispose()
+    descriptor = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(tmp, db)
+
+
 def make_storage(url: str) -> Any:
     """An Optuna storage from a URL: any SQLAlchemy URL (`sqlite:///...`, `postgresql://...`) is an RDB
     storage; anything else is the path of a journal file (`JournalFileBackend`, for NFS without a database)."""
@@ -126,6 +152,8 @@ def make_storage(url: str) -> Any:
         path = lock_path(url)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            with storage_lock(url):
+                _create_sqlite_file(url, engine_kwargs)
     for attempt in range(5):  # without a lock (a server database, no filelock) creators may still race
         try:
             with storage_lock(url):

@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
+from urllib.parse import unquote, urlparse
 
 import mlflow
 from hydra.core.hydra_config import HydraConfig
@@ -23,7 +24,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from lra.data import read_prepared_manifest
-from lra.record.stores import check_tracking_store, redact
+from lra.disk import DiskFullError, on_full_disk
+from lra.record.stores import check_tracking_store
+from lra.redaction import redact, redacted_yaml
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +222,35 @@ class RunTracker:
         self.run_id = run.info.run_id
         container = OmegaConf.to_container(cfg, resolve=True)
         mlflow.log_params({key: redact(str(value)) for key, value in flatten(container).items()})
-        mlflow.log_text(redact(OmegaConf.to_yaml(cfg)), "config.yaml")
+        self._log_config()
         dataset = task_dataset(cfg)
         if dataset is not None:
             log_dataset(dataset)
         return self.run_id
+
+    def artifact_folder(self) -> Optional[Path]:
+        """The run's artifact folder when it is on this machine (None for a server's artifact store)."""
+        uri = MlflowClient(self.uri).get_run(self.run_id).info.artifact_uri
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("", "file"):
+            return None
+        return Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
+
+    def _log_config(self) -> None:
+        """The composed config as the artifact config.yaml (passwords masked). A full disk ends the new run
+        FAILED with DiskFullError, its partial file removed."""
+        text = redacted_yaml(self.cfg, resolve=False)
+        folder = self.artifact_folder()
+        if folder is None:
+            mlflow.log_text(text, "config.yaml")
+            return
+        fix = f"free space in {folder.parent.parent} (the experiment's artifact folder), then run the same command"
+        try:
+            with on_full_disk(folder, len(text.encode()), "config.yaml", fix, leftovers=[folder / "config.yaml"]):
+                mlflow.log_text(text, "config.yaml")
+        except DiskFullError:
+            mlflow.end_run("FAILED")
+            raise
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> None:
         try:

@@ -5,13 +5,17 @@ result), so the same command run again finds its checkpoint. A training process 
 (`.lock`, an OS file lock that dies with the process) while it trains, so a second command for the same config
 is refused instead of sharing its files. Files are written to a temporary name unique to the process,
 flushed to disk and renamed, so a kill never leaves a half-written checkpoint; the previous `last.pt` is kept
-as `previous.pt`. Files are read with `weights_only=True`; one that cannot be read, or that is not a
-checkpoint of this project, is moved aside (`last.pt.corrupt-<time>`) and the previous one is used.
+as `previous.pt`. A disk that fills up during a save ends it with `lra.disk.DiskFullError` (one line: the
+folder, the space free and needed); the temporary file is removed and `last.pt` and `previous.pt` stay as they
+were, so the same command resumes once there is room. Files are read with `weights_only=True`; one that cannot
+be read, or that is not a checkpoint of this project, is moved aside (`last.pt.corrupt-<time>`) and the
+previous one is used.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -23,6 +27,9 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from lra.disk import on_full_disk
+from lra.redaction import redact
 
 # Keys that do not change what a run computes: where it logs, where it saves, how it reports progress. Of the
 # sweep node only the Optuna trial stays: two trials with equal parameters are still two runs.
@@ -68,16 +75,28 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+def _room_fix(folder: Path) -> str:
+    folder = folder.absolute()
+    return (f"free space in {folder} (or move {folder.parent} to a disk with room and set checkpoint.dir to it), "
+            "then run the same command: it resumes from the last checkpoint")
+
+
 def _atomic_save(obj: Any, path: Path, keep_previous: Optional[Path] = None) -> None:
-    """Write `obj` to `path` through a temporary file of this process, flushed to disk before the rename."""
+    """Write `obj` to `path` through a temporary file of this process, flushed to disk before the rename.
+    Serialised in memory first, so its size is known and the file is written by Python (whose OSError names
+    a full disk; torch's own writer reports it as `unexpected pos`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    if keep_previous is not None and path.exists():
-        os.replace(path, keep_previous)
-    os.replace(tmp, path)
+    with on_full_disk(path.parent, len(data), path.name, _room_fix(path.parent), leftovers=[tmp]):
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
     _fsync_folder(path.parent)
 
 
@@ -120,8 +139,15 @@ class CheckpointStore:
             raise RunLockedError(self.folder, self._owner()) from None
         self._lock = lock
         owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "command": " ".join(sys.argv)[:2000]}
-        (self.folder / OWNER).write_text(json.dumps(owner))
+                 "command": redact(" ".join(sys.argv))[:2000]}
+        text = json.dumps(owner)
+        try:
+            with on_full_disk(self.folder, len(text), OWNER, _room_fix(self.folder),
+                              leftovers=[self.folder / OWNER]):
+                (self.folder / OWNER).write_text(text)
+        except BaseException:
+            self.release(discard_unused=True)
+            raise
 
     def _owner(self) -> str:
         try:

@@ -35,9 +35,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from lra.errors import ConfigError
 from lra.parallel.interrupt import Interrupted
-from lra.record.stores import check_tracking_store, redact
+from lra.record.stores import check_tracking_store
 from lra.record.tracking import ensure_experiment as ensure
 from lra.record.tracking import tracking_uri, ui_command
+from lra.redaction import redact
 
 log = logging.getLogger(__name__)
 
