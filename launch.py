@@ -1,17 +1,32 @@
 """One run: `python launch.py [overrides]`; a sweep: `python launch.py -m ...`. See README.md."""
 
 import os
-import shutil
+import signal
 import sys
-from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
 
-from lra import redaction
-from lra.disk import DiskFullError
-from lra.errors import ConfigError
-from lra.parallel.place import hydra_overrides_for_rank
+def _interrupted_at_start(signum: int, frame: object) -> None:
+    """Ctrl-C before lra's own handlers are in place (imports, composing and checking the config): one line and
+    out at once, exit 130. Raising KeyboardInterrupt there prints a traceback from wherever it landed, and an
+    import it cuts short can fail later with an unrelated error (a RecursionError in numpy, seen)."""
+    print("interrupted (SIGINT) during start-up; nothing was trained: run the same command again",
+          file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+_interrupted_at_start.lra_startup = True  # type: ignore[attr-defined]  # lra.parallel.interrupt: not a launcher's handler
+signal.signal(signal.SIGINT, _interrupted_at_start)  # first of all, before the imports below
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from lra import redaction  # noqa: E402
+from lra.disk import DiskFullError  # noqa: E402
+from lra.errors import ConfigError  # noqa: E402
+from lra.parallel.place import hydra_overrides_for_rank  # noqa: E402
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -83,10 +98,12 @@ def _remove_unused_run_dir() -> None:
 
 
 def _check_command_line() -> None:
-    """Every override and every config the command would train, checked before Hydra makes anything."""
-    from lra.config.overrides import check_command_line  # deferred for start-up: only `__main__` needs it
+    """Every override and every config the command would train, checked before Hydra makes anything (options
+    written after the overrides, `launch.py attention=softmax -m`, put first, as Hydra needs them)."""
+    from lra.config.overrides import check_command_line, hydra_order  # deferred for start-up: only `__main__` needs it
 
     try:
+        sys.argv[1:] = hydra_order(sys.argv[1:])
         check_command_line(sys.argv[1:], calling_file=os.path.abspath(__file__), config_path="conf",
                            config_name="config")
     except ConfigError as error:

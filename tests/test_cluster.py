@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -121,3 +122,6 @@ def test_an_interrupted_sweep_ends_its_running_job_and_its_parent_run_killed(tmp
     parent = client.get_run(parent_id)
     assert parent.info.status == "KILLED" and parent.data.tags["interrupted"] == "true"
     assert parent.data.tags["interrupt_signal"] == signal.Signals(signum).name
+    if sweeper == "optuna":  # its trial released, not FAIL: the same command runs it again, resuming (issue 19)
+        (trial,) = optuna.load_study(study_name=sweep_id, storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+        assert trial.state == optuna.trial.TrialState.RUNNING and trial.user_attrs["lra_heartbeat"] == 0.0

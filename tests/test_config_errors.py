@@ -26,6 +26,16 @@ CASES = {
     "negative memory budget": (["hardware=auto", "hardware.memory_budget_mb=-1"],
                                ["hardware.memory_budget_mb", "=-1", "must be positive"]),
     "bad objective": (["sweep.objective=accuracy"], ["sweep.objective", "eval_accuracy"]),
+    # the mechanism's own option checks (issue 19: refused only after the data were generated)
+    "negative hrr eps": (["attention=hrr-individual", "attention.eps=-1"], ["attention.eps", "=-1", "> 0"]),
+    "zero cosine scale": (["attention=hrr-bundled", "attention.scale_init=0"], ["attention.scale_init", "> 0"]),
+    "negative tpr eps": (["attention=tpr", "attention.eps=-1e-6"], ["attention.eps", "> 0"]),
+    "negative block size": (["attention=hrr-individual", "attention.block_size=-3"],
+                            ["attention.block_size", "=-3", "int >= 0"]),
+    "option of the wrong type": (["attention=hrr-quadratic", "attention.learn_scale=maybe"],
+                                 ["attention.learn_scale", "'maybe'", "true or false"]),
+    "text for a number option": (["attention=hrr-individual", "attention.scale_init=abc"],
+                                 ["attention.scale_init", "'abc'", "a number"]),
 }
 
 

@@ -4,6 +4,9 @@ stale trials, storage defaults. The end-to-end sweeps are in test_sweeps_e2e.py.
 from __future__ import annotations
 
 import math
+import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +24,8 @@ if str(REPO) not in sys.path:  # launch.py finds hydra_plugins/ beside it; an in
     sys.path.insert(0, str(REPO))
 
 from hydra_plugins.lra_optuna_sweeper._errors import SweeperError  # noqa: E402
-from hydra_plugins.lra_optuna_sweeper._impl import FAIL_REASON_ATTR, HEARTBEAT_ATTR, LraOptunaSweeperImpl, Plan, outcome  # noqa: E402
+from hydra_plugins.lra_optuna_sweeper._impl import (  # noqa: E402
+    FAIL_REASON_ATTR, HEARTBEAT_ATTR, RESUMES_ATTR, WORKER_ATTR, LraOptunaSweeperImpl, Plan, is_stale, outcome)
 from hydra_plugins.lra_optuna_sweeper.app import SweepApp, default_direction, load_app  # noqa: E402
 from hydra_plugins.lra_optuna_sweeper.config import LraOptunaSweeperConf  # noqa: E402
 from lra.sweep.optuna_app import LraSweepApp as LraApp  # noqa: E402
@@ -170,7 +174,9 @@ def test_objectives_and_their_directions_in_an_lra_app():
 
 
 def test_the_app_is_the_one_the_config_names_else_the_neutral_one():
-    assert type(load_app(None, OmegaConf.create({"x": 1, "y": 2}))) is SweepApp
+    neutral = type(load_app(None, OmegaConf.create({"x": 1, "y": 2})))
+    # Hydra's plugin scan re-executes the plugin's modules, so the class may be a second copy of SweepApp: compare names.
+    assert (neutral.__module__, neutral.__qualname__) == (SweepApp.__module__, SweepApp.__qualname__)
     assert isinstance(load_app("lra.sweep.optuna_app.LraSweepApp", OmegaConf.create(LRA_CONFIG)), LraApp)
     for bad in ("lra.sweep.optuna_app.Missing", "no_such_module.App", "lra.sweep.optuna_app.OmegaConf"):
         with pytest.raises(SweeperError, match="hydra.sweeper.app"):
@@ -200,29 +206,69 @@ def test_default_storage_lies_beside_the_sqlite_mlflow_store(tmp_path, monkeypat
     assert _sweeper(storage="studies.log")._storage_url() == str(tmp_path / "studies.log")  # a journal file
 
 
-def test_a_resumed_study_keeps_direction_and_fails_stale_trials(tmp_path, monkeypatch):
+def test_a_resumed_study_keeps_direction_and_takes_stale_trials_over(tmp_path, monkeypatch, request):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # a real, empty store
     url = f"sqlite:///{tmp_path}/optuna.db"
-    sweeper = _sweeper()
+    sweeper = _sweeper(grace_period=300.0)  # longer than this test on a loaded machine
     sweeper.config = OmegaConf.create(LRA_CONFIG)
     sweeper.app = LraApp(sweeper.config)
     plan = _plan(url)
     study = sweeper._open_study(plan)
-    killed = study.ask()  # a worker that was killed: RUNNING, its last heartbeat long ago
-    study._storage.set_trial_user_attr(killed._trial_id, HEARTBEAT_ATTR, time.time() - 60)
+    silent = study.ask()  # a worker on another machine that was killed: its last heartbeat long ago
+    study._storage.set_trial_user_attr(silent._trial_id, HEARTBEAT_ATTR, time.time() - 3600)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = study.ask()  # a worker of this machine whose process is gone: stale at once, whatever its heartbeat
+    study._storage.set_trial_user_attr(killed._trial_id, HEARTBEAT_ATTR, time.time())
+    study._storage.set_trial_user_attr(killed._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{dead.stdout.strip()}")
     alive = study.ask()  # a worker that is alive
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    request.addfinalizer(worker.kill)
     study._storage.set_trial_user_attr(alive._trial_id, HEARTBEAT_ATTR, time.time())
+    study._storage.set_trial_user_attr(alive._trial_id, WORKER_ATTR, f"{socket.gethostname()}:{worker.pid}")
 
     with pytest.raises(SweeperError, match="hydra.sweeper.direction"):
         sweeper._open_study(_plan(url, directions=["minimize"]))
     with pytest.raises(SweeperError, match="sweep.objective"):
         sweeper._open_study(_plan(url, objectives=["eval_loss"]))
     study = sweeper._open_study(plan)
-    sweeper._fail_stale(study, plan)  # the killed trial's job has no FINISHED run: FAIL
-    states = {t.number: t for t in study.get_trials()}
-    assert states[killed.number].state == TrialState.FAIL
-    assert states[killed.number].user_attrs[FAIL_REASON_ATTR].startswith("interrupted")
-    assert states[alive.number].state == TrialState.RUNNING
+    assert is_stale(study.get_trials()[killed.number], time.time(), sweeper.grace_period)
+    taken = sweeper._settle_stale(study, plan, adopt=1)  # room for one: the other stale trial waits, RUNNING
+    assert [t.number for t in taken] == [silent.number]
+    assert taken[0].params == silent.params
+    trials = {t.number: t for t in study.get_trials()}
+    assert {t.state for t in trials.values()} == {TrialState.RUNNING}
+    mine = trials[silent.number].user_attrs
+    assert mine[WORKER_ATTR] == f"{socket.gethostname()}:{os.getpid()}" and mine[RESUMES_ATTR] == 1
+    assert time.time() - mine[HEARTBEAT_ATTR] < 30
+    assert sweeper._settle_stale(study, plan, adopt=1)[0].number == killed.number  # the next round
+    assert sweeper._settle_stale(study, plan, adopt=1) == []  # the live worker's trial is left alone
+
+    for trial in (silent, killed):  # their new worker (this process) dies too: released, then taken over again
+        study._storage.set_trial_user_attr(trial._trial_id, HEARTBEAT_ATTR, 0.0)
+    assert len(sweeper._settle_stale(study, plan, adopt=2)) == 2
+    for _ in range(2):  # a trial whose workers keep dying (its config kills the machine) ends FAIL
+        study._storage.set_trial_user_attr(killed._trial_id, HEARTBEAT_ATTR, time.time() - 3600)
+        sweeper._settle_stale(study, plan, adopt=1)
+    trials = {t.number: t for t in study.get_trials()}
+    assert trials[killed.number].state == TrialState.FAIL
+    assert trials[killed.number].user_attrs[FAIL_REASON_ATTR] == "interrupted: its workers were killed 3 times"
+    assert trials[silent.number].state == trials[alive.number].state == TrialState.RUNNING
+
+
+def test_a_stale_trial_on_a_storage_without_a_lock_ends_fail(tmp_path, monkeypatch):
+    """Where no lock lets one worker alone take a trial over, a stale trial ends FAIL (as before issue 19)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    storage = make_storage(str(tmp_path / "journal.log"))
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    stale = study.ask()
+    study._storage.set_trial_user_attr(stale._trial_id, HEARTBEAT_ATTR, time.time() - 60)
+    sweeper = _sweeper()
+    sweeper.config = OmegaConf.create(LRA_CONFIG)
+    sweeper.app = LraApp(sweeper.config)
+    plan = _plan("mssql+pyodbc://nowhere/optuna")  # a database whose lock the sweeper does not use
+    assert sweeper._settle_stale(study, plan, adopt=1) == []
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs[FAIL_REASON_ATTR].startswith("interrupted: no hear")
 
 
 def test_a_filled_study_gets_no_more_trials(tmp_path):

@@ -6,6 +6,7 @@ subprocesses, real sqlite MLflow and Optuna stores, a tiny model.
   `python -m lra.report`; pruning asked for with several objectives refused with one line;
 - a RUNNING trial whose job's MLflow run FINISHED (its sweeper was killed before it could tell) is told
   COMPLETE with the run's values when the study is reopened, not FAIL;
+- a trial run again after its job was killed before its first checkpoint ends the killed job's run FAILED;
 - three sweepers started at once on a fresh folder share one new sqlite study: all finish, n_trials COMPLETE.
 """
 
@@ -131,7 +132,7 @@ def test_a_stale_running_trial_whose_run_finished_is_told_complete(tmp_path, mon
     sweeper.app = LraSweepApp(sweeper.config)
     plan = Plan(parse_search_space([]), objectives, ["maximize", "minimize", "maximize"],
                 {"_target_": "optuna.samplers.RandomSampler"}, None, 1, url, "settle", None)
-    sweeper._fail_stale(study, plan)
+    assert sweeper._settle_stale(study, plan, adopt=1) == []  # settled from its run: nothing to run again
     settled = study.get_trials()[0]
     assert settled.state == TrialState.COMPLETE
 
@@ -145,6 +146,26 @@ def test_a_stale_running_trial_whose_run_finished_is_told_complete(tmp_path, mon
     loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "eval_loss")}[best_step]
     assert settled.values[1] == pytest.approx(loss)
     assert settled.values[2] == pytest.approx(metrics["samples_per_second"])
+
+
+def test_a_trial_run_again_without_a_checkpoint_ends_the_run_of_its_killed_job(tmp_path):
+    """A trial taken over from a killed sweeper whose job died before its first checkpoint starts a new MLflow
+    run; the killed job's run, RUNNING for ever otherwise, ends FAILED (tagged interrupted)."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=make_storage(url), study_name="again", direction="maximize")
+    trial = study.ask()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("listops-small")
+    dead = client.create_run(experiment, tags={"optuna_trial": str(trial.number)}).info.run_id  # the killed job's
+    client.log_param(dead, "sweep.study_name", "again")
+    done = launch(tmp_path, *TINY, f"sweep.storage={url}", "sweep.study_name=again",
+                  f"sweep.trial_number={trial.number}")
+    assert done.returncode == 0, explain(done)
+    runs = {run.info.run_id: run for run in client.search_runs([experiment])}
+    assert len(runs) == 2
+    assert runs[dead].info.status == "FAILED" and runs[dead].data.tags["interrupted"] == "true"
+    (new,) = [run for run_id, run in runs.items() if run_id != dead]
+    assert new.info.status == "FINISHED" and new.data.tags["optuna_trial"] == str(trial.number)
 
 
 def test_three_sweepers_started_at_once_on_a_fresh_folder_share_one_new_study(tmp_path):

@@ -162,6 +162,26 @@ def test_optuna_sweep_prunes_trials_from_inside_the_job(store):
         assert runs[trial.number].data.tags["pruned"] == "true"
 
 
+@pytest.mark.parametrize("ends", [("training.num_epochs=1",), ("training.num_epochs=3", "training.max_steps=2")],
+                         ids=["last-epoch", "max-steps"])
+def test_the_pruner_never_prunes_a_trial_at_its_last_epoch(store, ends):
+    """Issue 19: a trial that had run all its epochs was then marked PRUNED, its result thrown away. The same
+    always-pruning rule as above, but the first report is the trial's last (one epoch, or max_steps reached in
+    the first of three epochs: 32 samples, batches of 16): reported, never pruned, so COMPLETE."""
+    name = "last-" + ends[-1].split(".")[-1].split("=")[0]
+    result = store.launch(name, f"hydra.sweeper.study_name={name}", "hydra.sweeper.n_trials=2",
+                          "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.lower=1.01", *ends,
+                          config="tiny_search")
+    assert result.returncode == 0, _explain(result)
+    trials = store.study(name).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(list(t.intermediate_values) == [1] for t in trials)  # reported (epoch 1), and not pruned
+    runs = {int(run.data.tags["optuna_trial"]): run for run in store.runs(name)}
+    assert {run.info.status for run in runs.values()} == {"FINISHED"} and sorted(runs) == [0, 1]
+    for trial in trials:
+        assert trial.value == pytest.approx(runs[trial.number].data.metrics["best_eval_accuracy"])
+
+
 def test_unknown_objective_stops_the_sweep_before_any_trial(store):
     result = store.launch("bad-objective", "hydra.sweeper.study_name=bad-objective", "sweep.objective=accuracy",
                           config="tiny_search")
@@ -178,38 +198,71 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_killed_study_resumes_to_n_trials_with_none_running(store):
-    # trials long enough (256 steps) that the kill lands while trial 2 trains, not between two trials
-    args = ("hydra.sweeper.study_name=resume", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=nop",
-            "dataset.train=2048", *FAST_HEARTBEAT)
-    first = store.start("resume-1", *args)
-    try:
-        def third_trial_is_training() -> bool:
-            try:
-                trials = store.study("resume").get_trials()
-            except KeyError:  # not created yet
-                return False
-            done = sum(t.state == TrialState.COMPLETE for t in trials)
-            return done >= 2 and any(r.data.tags.get("optuna_trial") == "2" and "train_loss" in r.data.metrics
-                                     for r in store.runs("resume"))
+def _mid_epoch_checkpoint_of_a_later_trial(store: Store, folder: Path, first: int) -> dict:
+    """A checkpoint saved inside an epoch by a job whose trial number is `first` or later (the kill then lands
+    while that trial trains)."""
+    import torch
 
-        _wait_for(third_trial_is_training, 300, "two finished trials and a third one training")
+    for path in folder.glob("*/last.pt"):
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a file being replaced; the rename makes the next read whole
+            continue
+        if state["progress"]["batch_in_epoch"] > 0:
+            trial = store.client.get_run(state["run_id"]).data.tags.get("optuna_trial")
+            if trial is not None and int(trial) >= first:
+                return state
+    return {}
+
+
+@pytest.mark.long  # about a minute on a loaded 2-core machine: two sweeps, one killed mid-trial
+def test_a_killed_trial_is_resumed_by_the_same_command_into_its_run(store):
+    """Issue 19: SIGKILL while a trial trains, then the same command: the study ended with 3 COMPLETE and 1
+    FAIL for n_trials=4, the killed trial's checkpoint thrown away. Now the rerun takes the killed trial over
+    (its process is gone), runs it again with its number and parameters, and its job resumes from its
+    checkpoint into its MLflow run: n_trials COMPLETE, the killed trial's run FINISHED, continued, not
+    restarted."""
+    # 2 epochs of 24 steps, a checkpoint every 3: the kill lands inside an epoch of the second trial
+    args = ("hydra.sweeper.study_name=resume", "hydra.sweeper.n_trials=3", "hydra/sweeper/pruner=nop",
+            "dataset.train=384", "training.checkpoint_every=3", "training.log_every=2", *FAST_HEARTBEAT)
+    checkpoints = store.root / "checkpoints" / "resume"
+    first = store.start("resume", *args)
+    state: dict = {}
+    try:
+        deadline = time.time() + 300
+        while not state:
+            assert first.poll() is None, (store.root / "resume.log").read_text()[-3000:]
+            assert time.time() < deadline, "no mid-epoch checkpoint of trial 1 or later appeared"
+            state = _mid_epoch_checkpoint_of_a_later_trial(store, checkpoints, first=1)
+            time.sleep(0.05)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    # the trial the kill interrupted (usually #2; #3 when #2 finished just before the kill)
-    (killed_number,) = [t.number for t in store.study("resume").get_trials() if t.state == TrialState.RUNNING]
+    killed_run = store.client.get_run(state["run_id"])
+    killed_number = int(killed_run.data.tags["optuna_trial"])
+    assert killed_run.info.status == "RUNNING"  # SIGKILL: nobody could end it
+    before = store.study("resume").get_trials()
+    assert before[killed_number].state == TrialState.RUNNING
+    logged_before = {m.step for m in store.client.get_metric_history(killed_run.info.run_id, "train_loss")}
 
-    result = store.launch("resume-2", *args, config="tiny_search")
+    result = store.launch("resume", *args, config="tiny_search")  # the same command again
     assert result.returncode == 0, _explain(result)
+    output = result.stdout + result.stderr
+    assert f"trial {killed_number} was RUNNING but its sweeper (process" in output, output[-3000:]
+    assert "resuming from" in output and f"resuming MLflow run {killed_run.info.run_id}" in output
     trials = store.study("resume").get_trials()
-    assert len(trials) == 4 and not [t for t in trials if t.state == TrialState.RUNNING]
-    killed = trials[killed_number]
-    assert killed.state == TrialState.FAIL and killed.user_attrs["lra_fail_reason"].startswith("interrupted")
-    assert [t.state for t in trials].count(TrialState.COMPLETE) == 3
-    runs = {int(run.data.tags["optuna_trial"]): run for run in store.runs("resume")}
-    assert runs[killed_number].info.status == "FAILED" and runs[killed_number].data.tags["interrupted"] == "true"
-    assert {runs[n].info.status for n in range(4) if n != killed_number} == {"FINISHED"}
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # n_trials results, no FAIL, no fourth trial
+    assert trials[killed_number].params == before[killed_number].params
+    runs = store.runs("resume")
+    assert sorted(int(run.data.tags["optuna_trial"]) for run in runs) == [0, 1, 2]  # one run per trial
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    resumed = next(run for run in runs if int(run.data.tags["optuna_trial"]) == killed_number)
+    assert resumed.info.run_id == killed_run.info.run_id  # the killed run, continued
+    steps = sorted(m.step for m in store.client.get_metric_history(resumed.info.run_id, "train_loss"))
+    total = int(resumed.data.params["resolved.total_steps"])
+    assert logged_before and min(steps) <= min(logged_before) and max(steps) == total
+    assert set(steps) == set(range(2, total + 1, 2))  # every logged step once, before the kill and after
+    assert trials[killed_number].value == pytest.approx(resumed.data.metrics["best_eval_accuracy"])
     parents = store.client.search_runs([runs[0].info.experiment_id],
                                        "tags.sweep_id = 'resume' and tags.`lra.sweep_parent` = 'true'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the resumed sweep kept its parent

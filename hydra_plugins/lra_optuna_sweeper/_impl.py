@@ -12,9 +12,13 @@ and tells every trial how its job ended:
 `n_trials` counts the study's trials in all, so the same command run again continues the study where it
 stopped, and several workers on one storage share the work (they take turns to ask, under the storage's lock:
 a file beside a file storage, an advisory lock on PostgreSQL; so together they start exactly `n_trials`).
-While its jobs run, the sweeper marks their trials with a heartbeat (a trial user attribute); a RUNNING trial
-without one for `grace_period` seconds belongs to a killed worker: in an app whose own record says the job FINISHED
-it is told COMPLETE with the run's values, otherwise it ends FAIL. Before it returns, the sweeper waits until no
+While its jobs run, the sweeper marks their trials with a heartbeat and its `<host>:<pid>` (trial user
+attributes); a stopped sweeper (SIGTERM, Ctrl-C) releases its trials. A RUNNING trial whose sweeper is gone
+(released, a dead process of this machine, or no heartbeat for `grace_period` seconds) is settled by the next
+sweeper: in an app whose own record says the job FINISHED it is told COMPLETE with the run's values; otherwise the
+sweeper takes it over and runs it again with the same number and parameters, so its job resumes from that
+config's checkpoint into its MLflow run and a killed search still ends with `n_trials` results (FAIL only on a
+storage without a lock, or after `MAX_RESUMES` killed workers). Before it returns, the sweeper waits until no
 trial of the study is RUNNING.
 
 Everything that can be wrong with the settings, the search space, the sampler (a missing optional package)
@@ -49,30 +53,20 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import TrialState
 
 from ._errors import SweeperError, SweepFailed, user_errors
+from ._reach import is_server_url, probe_server, reason
+from ._samplers import (build_pruner, build_sampler, check_requirements, grid_size, grid_space, resolve_pruner,
+                        resolve_sampler)
+from ._space import (SearchSpace, distribution_from_config, format_value, load_function, override_line,
+                     parse_search_space)
+from ._trials import (FAIL_REASON_ATTR, HEARTBEAT_ATTR, RESUMES_ATTR, WORKER_ATTR, Heartbeat, interrupt_on_sigterm,
+                      is_released, is_stale, last_heartbeat, outcome, worker_gone, worker_id)
 from .app import SweepApp, load_app
-from ._samplers import (
-    build_pruner,
-    build_sampler,
-    check_requirements,
-    grid_size,
-    grid_space,
-    resolve_pruner,
-    resolve_sampler,
-)
-from ._space import (
-    SearchSpace,
-    distribution_from_config,
-    format_value,
-    load_function,
-    override_line,
-    parse_search_space,
-)
-from ._trials import FAIL_REASON_ATTR, HEARTBEAT_ATTR, Heartbeat, interrupt_on_sigterm, outcome
 from .storage import PRUNER_ATTR, can_lock, make_storage, storage_lock
 
 log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
+MAX_RESUMES = 2  # a trial whose workers die every time (its config kills the machine) ends FAIL at the third
 HYDRA_DEFAULT_SUBDIR = "${hydra.job.num}"
 
 
@@ -270,6 +264,24 @@ class LraOptunaSweeperImpl(Sweeper):
         return make_storage(url)
 
     def _open_study(self, plan: Plan) -> optuna.Study:
+        """The study, created or loaded; an unreachable server or a damaged storage is one line (no run
+        exists yet: the parent MLflow run is opened before the first launch)."""
+        if is_server_url(plan.url):
+            why = probe_server(plan.url)
+            if why is not None:
+                raise SweeperError("hydra.sweeper.storage", _redact(plan.url), f"the Optuna storage cannot be "
+                                   f"reached ({_redact(why)})", "start the database server, or check the URL's "
+                                   "host, port, database and credentials; or hydra.sweeper.storage=null (a sqlite "
+                                   "file beside mlflow.db)")
+        try:
+            return self._check_study(self._load_or_create(plan), plan)
+        except SweeperError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a damaged file or a failing server: one line, exit 1
+            raise SweepFailed(f"hydra.sweeper.storage={_redact(plan.url)!r}: the Optuna storage cannot be opened "
+                              f"({_redact(reason(error))}); fix: {_storage_fix(plan.url)}") from None
+
+    def _load_or_create(self, plan: Plan) -> optuna.Study:
         storage = self._make_storage(plan.url)
         try:
             existing = len(storage.get_all_trials(storage.get_study_id_from_name(plan.name), deepcopy=False))
@@ -279,14 +291,17 @@ class LraOptunaSweeperImpl(Sweeper):
         with storage_lock(plan.url):
             for attempt in range(5):  # without a lock (filelock missing, another database) workers may race
                 try:
-                    study = optuna.create_study(storage=storage, study_name=plan.name, directions=plan.directions,
-                                                sampler=sampler, load_if_exists=True)
-                    break
+                    return optuna.create_study(storage=storage, study_name=plan.name, directions=plan.directions,
+                                               sampler=sampler, load_if_exists=True)
                 except Exception as error:  # noqa: BLE001 - IntegrityError / locked database under the race
                     if attempt == 4:
                         raise
                     log.debug("create_study raced (%s); retrying", error)
                     time.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _check_study(self, study: optuna.Study, plan: Plan) -> optuna.Study:
+        """The loaded study matches the plan's directions and objectives; the pruner and enqueued points."""
         found = [d.name.lower() for d in study.directions]
         if found != plan.directions:
             raise SweeperError("hydra.sweeper.direction", plan.directions if len(plan.directions) > 1
@@ -327,47 +342,66 @@ class LraOptunaSweeperImpl(Sweeper):
         heartbeat.start()
         previous = interrupt_on_sigterm()
         counts: Counter[str] = Counter()
+        announced = False
         try:
             while True:
-                self._fail_stale(study, plan)
+                batch: list[Any] = self._settle_stale(study, plan, adopt=self.n_jobs)
                 started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
-                todo = plan.n_trials - len(started)
-                if todo <= 0:
-                    break
-                batch = self._ask(study, plan, min(self.n_jobs, todo))
-                if not batch:
-                    if can_lock(plan.url):
-                        break  # other workers filled the study
+                todo = min(self.n_jobs - len(batch), plan.n_trials - len(started))
+                if todo > 0:
+                    batch += self._ask(study, plan, todo)
+                    if not batch and not can_lock(plan.url):
+                        continue  # a surplus trial ended FAIL unlaunched: count again
+                if not batch:  # the study is full: wait for the other workers' trials (they end, or go stale)
+                    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                    if not running:
+                        break
+                    if not announced:
+                        log.info("waiting for %d RUNNING trials of other workers: %s", len(running),
+                                 [t.number for t in running])
+                        announced = True
+                    time.sleep(min(self.heartbeat_interval, 5.0))
                     continue
-                ids = [trial._trial_id for trial in batch]
-                heartbeat.add(ids)
-                try:
-                    overrides = [self._overrides(plan, trial.params, trial.number) for trial in batch]
-                    self.validate_batch_is_legal(overrides)  # Hydra composes every job before any starts
-                    returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-                except BaseException as error:
-                    for trial in batch:
-                        self._end(study, trial, TrialState.FAIL, None, f"sweeper: {type(error).__name__}: {error}")
-                    raise
-                finally:
-                    heartbeat.remove(ids)
-                self.job_idx += len(batch)
-                for trial, ret in zip(batch, returns):
-                    state, values, reason = outcome(ret, len(plan.directions))
-                    self._end(study, trial, state, values, reason)
-                    counts[state.name] += 1
-                    shown = f" {plan.label}={_short(values)}" if values is not None else ""
-                    log.info("trial %d %s%s %s", trial.number, state.name, shown, reason or trial.params)
+                self._run_batch(study, plan, batch, heartbeat, counts)
                 if counts["FAIL"] > self.max_failure_rate * plan.n_trials:
                     raise SweepFailed(
                         f"{counts['FAIL']} failed trials exceed hydra.sweeper.max_failure_rate="
                         f"{self.max_failure_rate} of n_trials={plan.n_trials}; see the FAIL reasons above")
-            self._wait_for_running(study, plan)
         finally:
             heartbeat.stop()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         self._summarize(study, plan, sweep_dir, counts)
+
+    def _run_batch(self, study: optuna.Study, plan: Plan, batch: list[Any], heartbeat: Heartbeat,
+                   counts: Counter[str]) -> None:
+        """Launch one job per trial (a new one, or one taken over from a killed worker) and tell each how it
+        ended. A stop (SIGTERM, Ctrl-C, the sweep's exit) releases the trials: the next sweeper runs them again
+        and their jobs resume from their checkpoints; any other error of the launcher ends them FAIL."""
+        ids = [trial._trial_id for trial in batch]
+        heartbeat.add(ids)
+        try:
+            overrides = [self._overrides(plan, trial.params, trial.number) for trial in batch]
+            self.validate_batch_is_legal(overrides)  # Hydra composes every job before any starts
+            if self.app is not None:
+                self.app.before_launch()
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+        except Exception as error:
+            heartbeat.remove(ids)
+            for trial in batch:
+                self._end(study, trial, TrialState.FAIL, None, f"sweeper: {type(error).__name__}: {error}")
+            raise
+        except BaseException:  # KeyboardInterrupt, SystemExit: this process stops, the trials are not done
+            heartbeat.release(ids)
+            raise
+        heartbeat.remove(ids)
+        self.job_idx += len(batch)
+        for trial, ret in zip(batch, returns):
+            state, values, reason = outcome(ret, len(plan.directions))
+            self._end(study, trial, state, values, reason)
+            counts[state.name] += 1
+            shown = f" {plan.label}={_short(values)}" if values is not None else ""
+            log.info("trial %d %s%s %s", trial.number, state.name, shown, reason or trial.params)
 
     def _ask(self, study: optuna.Study, plan: Plan, k: int) -> list[optuna.Trial]:
         """Up to k new trials. The count and the ask happen under the storage's lock (its file, or its database's
@@ -430,7 +464,7 @@ class LraOptunaSweeperImpl(Sweeper):
         try:
             if reason is not None:
                 study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
-            study.tell(trial, values=values, state=state, skip_if_finished=True)
+            study.tell(trial.number, values=values, state=state, skip_if_finished=True)
         except RuntimeError as error:
             if "Study.stop" not in str(error):  # the grid sampler stops a study it sees complete; told anyway
                 log.warning("could not tell trial %d %s: %s", trial.number, state.name, error)
@@ -439,30 +473,66 @@ class LraOptunaSweeperImpl(Sweeper):
 
     # ---- killed workers -----------------------------------------------------------------------------------
 
-    def _fail_stale(self, study: optuna.Study, plan: Plan) -> None:
-        """Settle every RUNNING trial whose worker stopped marking it (killed): COMPLETE with its values when
-        its lra job's MLflow run FINISHED (the job ended before its sweeper could tell), else FAIL."""
+    def _settle_stale(self, study: optuna.Study, plan: Plan, adopt: int) -> list[optuna.trial.FrozenTrial]:
+        """Settle every RUNNING trial whose sweeper is gone (killed, or stopped: see `_trials`): COMPLETE with
+        its values when its lra job's MLflow run FINISHED (the job ended before its sweeper could tell);
+        else taken over, up to `adopt` of them, to be run again with the same number and parameters (the job
+        resumes from its checkpoint into its MLflow run); the others stay RUNNING for the next round or
+        worker. A trial is FAIL only where it cannot be taken over: a storage without a lock, or a trial whose
+        workers were killed `MAX_RESUMES` times already."""
+        adopted: list[optuna.trial.FrozenTrial] = []
+        lockable = can_lock(plan.url)
         now = time.time()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            start = trial.datetime_start.timestamp() if trial.datetime_start else now
-            last = float(trial.user_attrs.get(HEARTBEAT_ATTR, start))
-            if now - last <= self.grace_period:
+            if not is_stale(trial, now, self.grace_period):
                 continue
             if self._complete_finished(study, plan, trial):
                 continue
+            resumes = int(trial.user_attrs.get(RESUMES_ATTR, 0))
+            if lockable and (is_released(trial) or resumes < MAX_RESUMES):
+                if len(adopted) < adopt:
+                    claimed = self._claim(study, plan, trial)
+                    if claimed is not None:
+                        adopted.append(claimed)
+                continue
+            why = (f"its workers were killed {resumes + 1} times" if lockable
+                   else f"no heartbeat for {now - last_heartbeat(trial, now):.0f} s")
             try:
-                study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR,
-                                                   f"interrupted: no heartbeat for {now - last:.0f} s")
+                study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, f"interrupted: {why}")
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             except Exception:  # noqa: BLE001 - it finished meanwhile
                 continue
-            log.warning("trial %d was RUNNING without a heartbeat for %.0f s (its worker was killed): FAIL",
-                        trial.number, now - last)
+            log.warning("trial %d was RUNNING without its worker (%s): FAIL", trial.number, why)
             if self.app is not None:
                 try:
                     self.app.fail_orphan_runs(study.study_name, trial.number)
                 except Exception as error:  # noqa: BLE001 - the study is the record; the run is a courtesy
                     log.warning("could not end the MLflow run of trial %d: %s", trial.number, error)
+        return adopted
+
+    def _claim(self, study: optuna.Study, plan: Plan,
+               trial: optuna.trial.FrozenTrial) -> Optional[optuna.trial.FrozenTrial]:
+        """Take a stale trial over, under the storage's lock (so one worker alone gets it): its heartbeat and
+        worker become this sweeper's. None when another worker took it, or it ended, meanwhile."""
+        with storage_lock(plan.url):
+            fresh = study._storage.get_trial(trial._trial_id)
+            now = time.time()
+            if fresh.state != TrialState.RUNNING or not is_stale(fresh, now, self.grace_period):
+                return None
+            storage = study._storage
+            if is_released(fresh):
+                why = "its sweeper was stopped"
+            else:
+                worker = fresh.user_attrs.get(WORKER_ATTR)
+                why = (f"its sweeper (process {worker}) has ended" if worker_gone(worker)
+                       else f"its sweeper sent no heartbeat for {now - last_heartbeat(fresh, now):.0f} s")
+                storage.set_trial_user_attr(fresh._trial_id, RESUMES_ATTR,
+                                            int(fresh.user_attrs.get(RESUMES_ATTR, 0)) + 1)
+            storage.set_trial_user_attr(fresh._trial_id, HEARTBEAT_ATTR, now)
+            storage.set_trial_user_attr(fresh._trial_id, WORKER_ATTR, worker_id())
+        log.warning("trial %d was RUNNING but %s: running it again with its parameters %s (its job resumes from "
+                    "its checkpoint)", fresh.number, why, fresh.params)
+        return fresh
 
     def _complete_finished(self, study: optuna.Study, plan: Plan, trial: optuna.trial.FrozenTrial) -> bool:
         if self.app is None or plan.objectives is None:
@@ -482,20 +552,6 @@ class LraOptunaSweeperImpl(Sweeper):
         log.warning("trial %d was RUNNING without its worker, but its job's MLflow run FINISHED: COMPLETE "
                     "with %s=%s", trial.number, plan.label, _short(values))
         return True
-
-    def _wait_for_running(self, study: optuna.Study, plan: Plan) -> None:
-        """Return only when no trial of the study is RUNNING (other workers' trials end, or go stale)."""
-        announced = False
-        while True:
-            self._fail_stale(study, plan)
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if not running:
-                return
-            if not announced:
-                log.info("waiting for %d RUNNING trials of other workers: %s", len(running),
-                         [t.number for t in running])
-                announced = True
-            time.sleep(min(self.heartbeat_interval, 5.0))
 
     # ---- the end ------------------------------------------------------------------------------------------
 
@@ -557,6 +613,16 @@ def _short(values: Optional[Sequence[float]]) -> str:
         return "-"
     shown = [f"{v:.6g}" for v in values]
     return shown[0] if len(shown) == 1 else "(" + ", ".join(shown) + ")"
+
+
+def _storage_fix(url: str) -> str:
+    """How to get past a storage that cannot be opened: move a damaged file aside, or mend the server."""
+    file = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else url
+    if "://" not in file:  # a sqlite file or a journal file
+        return (f"move the damaged file aside (mv {file} {file}.broken) and run the command again to start the "
+                "study anew, or restore it from a backup")
+    return ("check that the database server runs and that the URL's host, port, database and credentials are "
+            "right, or use hydra.sweeper.storage=null (a sqlite file beside mlflow.db)")
 
 
 def _redact(text: str) -> str:

@@ -59,6 +59,9 @@ class SweepApp:
     def fail_orphan_runs(self, study_name: str, number: int) -> None:
         """A trial was found killed: end whatever the app recorded for it as running."""
 
+    def before_launch(self) -> None:
+        """Called once, just before the first jobs are launched (a refused start has launched nothing)."""
+
     def record(self, results: dict[str, Any], objectives: Sequence[str], results_file: Path) -> None:
         """The study's result, for the app's own record (the plugin writes optimization_results.yaml)."""
 

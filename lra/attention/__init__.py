@@ -2,13 +2,16 @@
 
 `ATTENTIONS[name](num_heads, head_dim, **options)`; `forward(q, k, v, mask)` with q, k, v of shape
 (B, heads, T, head_dim) and mask a bool (B, T), True for a real token; y has the shape of v.
-A mechanism's options are the keyword-only arguments of its constructor (`attention_options`), so the
-config validator can check `attention.*` keys without building anything. Dropout is not part of a
-mechanism: the encoder block applies `attention_dropout` to the merged heads' output.
+A mechanism's options are the keyword-only arguments of its constructor (`attention_options`); the config
+validator checks their names, types and values with `check_attention`, which builds the mechanism on the meta
+device (no memory, no data), so a bad `attention.*` value is refused before any data is read or made.
+Dropout is not part of a mechanism: the encoder block applies `attention_dropout` to the merged heads' output.
 """
 
 import inspect
+import numbers
 
+import torch
 from torch import nn
 
 from lra.attention.hrr_bundled import HRRBundledAttention
@@ -40,6 +43,28 @@ def attention_options(name: str) -> dict[str, object]:
     return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def _check_type(key: str, value: object, default: object) -> None:
+    """A value of the default's kind: a bool for a bool option, a number for a number option (None defaults
+    take what their constructor accepts)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(key=key, value=value, problem="must be a boolean", fix=f"set {key} to true or false")
+    elif isinstance(default, numbers.Real) and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise ConfigError(key=key, value=value, problem=f"must be a number, not {type(value).__name__}",
+                          fix=f"set {key} to a number (default {default})")
+
+
+def check_attention(name: str, num_heads: int, head_dim: int, **options) -> None:
+    """Every check `build_attention` makes (names, types, values), without memory or data: the mechanism is
+    built on the meta device and dropped."""
+    accepted = attention_options(name)
+    for key, value in options.items():
+        if key in accepted:
+            _check_type(f"attention.{key}", value, accepted[key])
+    with torch.device("meta"):
+        build_attention(name, num_heads, head_dim, **options)
+
+
 def build_attention(name: str, num_heads: int, head_dim: int, **options) -> nn.Module:
     """Build mechanism `name`; unknown names and options raise ConfigError naming the `attention.*` key."""
     accepted = attention_options(name)
@@ -51,4 +76,4 @@ def build_attention(name: str, num_heads: int, head_dim: int, **options) -> nn.M
     return ATTENTIONS[name](num_heads, head_dim, **options)
 
 
-__all__ = ["ATTENTIONS", "attention_options", "build_attention"]
+__all__ = ["ATTENTIONS", "attention_options", "build_attention", "check_attention"]

@@ -41,10 +41,33 @@ class CommandLine:
     trains: bool  # a run or a multirun (not --cfg, --help, --info, ...)
 
 
-def parse_command_line(argv: Sequence[str], config_name: Optional[str]) -> CommandLine:
+def _parser() -> argparse.ArgumentParser:
+    """Hydra's command-line parser, with its errors (a usage block of 8 lines) as one ConfigError."""
     from hydra._internal.utils import get_args_parser
 
-    args = get_args_parser().parse_args(list(argv))  # argparse's own errors exit 2 here, as they would in Hydra
+    parser = get_args_parser()
+
+    def refuse(message: str) -> None:
+        raise ConfigError("command line", Verbatim(message), "not understood",
+                          "see `python launch.py --help`; overrides are key=value, options such as -m start with -")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    return parser
+
+
+def hydra_order(argv: Sequence[str]) -> list[str]:
+    """`argv` with Hydra's options before the overrides: `launch.py attention=softmax -m training.seed=1,2` is
+    what `launch.py -m attention=softmax training.seed=1,2` means, but Hydra's parser refuses overrides on both
+    sides of an option. Raises ConfigError for a command line argparse cannot read."""
+    parsed = _parser().parse_intermixed_args(list(argv))
+    rest = list(argv)
+    for override in reversed(parsed.overrides):  # remove the overrides from the end, in order
+        del rest[len(rest) - 1 - rest[::-1].index(override)]
+    return rest + list(parsed.overrides)
+
+
+def parse_command_line(argv: Sequence[str], config_name: Optional[str]) -> CommandLine:
+    args = _parser().parse_args(list(argv))
     name = args.config_name if args.config_name is not None else config_name
     quiet = args.help or args.hydra_help or args.info is not None or args.shell_completion
     return CommandLine(args, name, list(args.overrides), trains=not quiet and args.cfg is None)

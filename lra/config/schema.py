@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from lra.attention import attention_options
+from lra.attention import attention_options, check_attention
 from lra.config.preflight import check_machine
 from lra.data import check_data_config, check_source_used, sequence_length
 from lra.errors import ConfigError
@@ -283,6 +283,8 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"attention.{option}", typed.attention[option],
                               f"not an option of attention {name}",
                               "use one of: " + (", ".join(sorted(options)) or "(none)"))
+    check_attention(name, model.num_head, model.head_dim,
+                    **{key: value for key, value in typed.attention.items() if key != "name"})
     chunk = typed.gpu_memory.get(name)
     if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
         raise ConfigError(f"gpu_memory.{name}", chunk, "the chunk size must be a positive integer or auto",

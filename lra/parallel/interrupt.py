@@ -85,7 +85,8 @@ class StopSignals:
     def launcher_handles(self, signum: int) -> bool:
         """Whether a launcher installed its own Python handler for `signum` before training."""
         handler = self._previous.get(signum)
-        return callable(handler) and handler is not signal.default_int_handler
+        return (callable(handler) and handler is not signal.default_int_handler
+                and not getattr(handler, "lra_startup", False))  # launch.py's start-up line is not a launcher
 
     def finish(self, step: int) -> None:
         """After the checkpoint of `step` is saved: pass the pending signal on (see the module doc)."""

@@ -42,7 +42,7 @@ from lra.run.progress import INTERVAL_S, EpochProgress
 from lra.run.run_state import PeakMemory, Progress, QuietTracker, Run  # noqa: F401 (Progress, PeakMemory: API)
 from lra.run.schedule import build_scheduler
 from lra.run.step import StepStats, autocast_context, evaluate_batches, train_step
-from lra.sweep.callback import completed_metrics
+from lra.sweep.callback import completed_metrics, experiment_of, fail_orphan_runs
 from lra.sweep.trial import open_trial
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,8 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
             print(f"warning: {why_not}; continuing from the checkpoint at step {progress.global_step} in a new "
                   f"run tagged resumed_from_run_id={resume_run_id}", file=sys.stderr)
             tags, resume_run_id = {"resumed_from_run_id": resume_run_id}, None
+    if resume_run_id is None and ctx.is_main:
+        _end_dead_runs_of_trial(cfg, tracker.uri)
     run.run_id = tracker.start(resume_run_id=resume_run_id, tags=tags)
     if resume_run_id is None and ctx.is_main:
         if saved is None:
@@ -296,6 +298,17 @@ def _start(cfg: DictConfig, store: CheckpointStore, stop: StopSignals, ctx: Dist
             model, optimizer, splits["train"], chunk_size=chunk_size, device=device, autocast=autocast,
             limit=limit)}, step=0)
     return run
+
+
+def _end_dead_runs_of_trial(cfg: DictConfig, uri: str) -> None:
+    """An Optuna trial run again (its sweeper was killed before the job's first checkpoint) starts a new MLflow
+    run: the earlier one, still RUNNING, is dead (this process holds the config's folder lock), so it ends
+    FAILED (tagged interrupted) instead of staying RUNNING for ever."""
+    if cfg.sweep.trial_number is None or cfg.sweep.study_name is None:
+        return
+    ended = fail_orphan_runs(uri, experiment_of(cfg), str(cfg.sweep.study_name), int(cfg.sweep.trial_number))
+    if ended:
+        log.info("trial %s: %d earlier RUNNING run(s) of its killed job ended FAILED", cfg.sweep.trial_number, ended)
 
 
 def _fit(run: Run) -> None:
@@ -367,7 +380,8 @@ def _end_epoch(run: Run) -> None:
         run.save_best()
     progress.next_epoch()
     objective = dev.loss if run.cfg.sweep.objective == "eval_loss" else dev.accuracy  # (a list: never reported)
-    prune = run.dist.broadcast(run.trial is not None and run.trial.report(progress.epoch, objective))
+    final = progress.epoch >= run.cfg.training.num_epochs or progress.global_step >= run.total_steps
+    prune = run.dist.broadcast(run.trial is not None and run.trial.report(progress.epoch, objective, final=final))
     if prune:
         import optuna
 

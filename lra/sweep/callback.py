@@ -6,7 +6,10 @@ which the config's `sweep.id` and `sweep.parent_run_id` read, so every job's run
 and `mlflow.parentRunId` whatever the launcher (in-process, joblib workers, SLURM jobs inherit the
 environment). After the last job it ends the parent FINISHED; if the sweep raised (a failed job under the
 basic sweeper, too many failed trials under lra_optuna, Ctrl-C or SIGTERM) Hydra never calls
-`on_multirun_end`, so an `atexit` hook ends it FAILED instead.
+`on_multirun_end`, so an `atexit` hook ends it FAILED (KILLED for a signal) instead, and prints no UI hint
+after the sweep's own last line. Under lra_optuna the parent is opened only just before the first launch
+(`open_parent_run`, called by the sweeper): a sweep refused at its start (a bad setting, an unreachable or
+damaged Optuna storage, Ctrl-C) makes no run and leaves an earlier FINISHED parent as it was.
 
 The sweep id is, in order: `sweep.id` if set (an override or $LRA_SWEEP_ID), the Optuna study name
 (`hydra.sweeper.study_name`), else a new `YYYYmmdd-HHMMSS-xxxx`. A parent run already tagged with that id is
@@ -49,6 +52,7 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 WAIT_POLL_S = 5.0  # how often a grid job waiting for another process's run of its config looks again
 
 _stop_signal: Optional[int] = None  # the SIGINT/SIGTERM that stopped this sweep, recorded by the handler
+_to_announce: Optional[int] = None  # the signal `_interrupt` took: said in one line at exit
 
 
 def new_sweep_id() -> str:
@@ -136,18 +140,38 @@ def fail_orphan_runs(tracking_uri: str, experiment: str, study_name: str, trial_
     return len(runs)
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    """Record the stop signal and end the sweep: `Interrupted` is a SystemExit (130 / 143, no traceback) that
-    the sweepers and `train()` treat as an interruption (trials FAIL, runs KILLED)."""
+# Sweepers that open the parent run themselves, just before their first launch (`open_parent_run`), so that a
+# sweep refused at its start (a bad setting, an unusable Optuna storage) makes no run and changes no finished one.
+DEFERRING_SWEEPERS = ("hydra_plugins.lra_optuna_sweeper.lra_optuna_sweeper.LraOptunaSweeper",)
+_pending: Optional["SweepRunCallback"] = None  # this process's callback whose parent run is not open yet
 
-    global _stop_signal
-    _stop_signal = int(signum)
+
+def open_parent_run() -> Optional[str]:
+    """Open the sweep's parent run if the callback deferred it (see DEFERRING_SWEEPERS); its id, or None when
+    no callback of this process waits (the app has none, or a parent was handed in)."""
+    return _pending.open() if _pending is not None else None
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """Record the stop signal and end the sweep with one line: `Interrupted` is a SystemExit (130 / 143, no
+    traceback) that the sweepers and `train()` treat as an interruption (trials released, runs KILLED)."""
+
+    global _stop_signal, _to_announce
+    _stop_signal = _to_announce = int(signum)
     raise Interrupted(signum, 0)
 
 
+def _announce_interrupt() -> None:
+    """At exit, after the parent run is ended: the one line a stopped sweep prints (registered before the
+    parent's own exit hook, so it runs after it). A job stopped while it trained has said so itself."""
+    if _to_announce is not None:
+        print(f"interrupted ({signal.Signals(_to_announce).name}); run the same command to continue the sweep",
+              file=sys.stderr, flush=True)
+
+
 def interrupt_on_sigterm() -> Any:
-    """Turn SIGTERM (kill, scancel) and SIGINT (Ctrl-C) into `Interrupted`, so a sweep ends its running trials
-    FAIL and its parent run KILLED instead of leaving them RUNNING; returns the previous SIGTERM handler (None
+    """Turn SIGTERM (kill, scancel) and SIGINT (Ctrl-C) into `Interrupted`, so a sweep releases its running
+    trials and ends its parent run KILLED instead of leaving them RUNNING; returns the previous SIGTERM handler (None
     off the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -275,11 +299,13 @@ class SweepRunCallback(Callback):
         self.experiment_id: Optional[str] = None
         self.owned = False  # False when the parent was handed in through $LRA_SWEEP_PARENT_RUN_ID
         self.pid: Optional[int] = None  # the sweeper's process
+        self.config: Optional[DictConfig] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.sweep_id, self.pid = sweep_id_of(config), os.getpid()
+        global _pending
+        self.sweep_id, self.pid, self.config = sweep_id_of(config), os.getpid(), config
         uri = tracking_uri_of(config)
         try:  # the store's schema is made here, once, before any job can race to make it
             check_tracking_store(uri, create=True)
@@ -287,17 +313,32 @@ class SweepRunCallback(Callback):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         self.client = MlflowClient(uri)
-        self.experiment_id = ensure_experiment(self.client, experiment_of(config))
+        os.environ[ENV_SWEEP_ID] = self.sweep_id
+        atexit.register(_announce_interrupt)  # before the parent's hook: runs after it, so its line is the last
+        interrupt_on_sigterm()
         given = OmegaConf.select(config, "sweep.parent_run_id", default=None)
         if given:
             self.run_id, self.owned = str(given), False
+            os.environ[ENV_PARENT_RUN_ID] = self.run_id
+            log.info("sweep %s: parent MLflow run %s", self.sweep_id, self.run_id)
+        elif OmegaConf.select(config, "hydra.sweeper._target_", default=None) in DEFERRING_SWEEPERS:
+            _pending = self  # the sweeper calls open_parent_run() before its first launch
         else:
-            self.run_id, self.owned = self._open_parent(config), True
-            atexit.register(self._finish_at_exit)
-        os.environ[ENV_SWEEP_ID] = self.sweep_id
+            self.open()
+
+    def open(self) -> str:
+        """Create the parent run, or reopen a resumed sweep's, and hand it to the jobs; once."""
+        global _pending
+        if self.run_id is not None:
+            return self.run_id
+        assert self.client is not None and self.config is not None
+        _pending = None
+        self.experiment_id = ensure_experiment(self.client, experiment_of(self.config))
+        self.run_id, self.owned = self._open_parent(self.config), True
+        atexit.register(self._finish_at_exit)
         os.environ[ENV_PARENT_RUN_ID] = self.run_id
-        interrupt_on_sigterm()
         log.info("sweep %s: parent MLflow run %s", self.sweep_id, self.run_id)
+        return self.run_id
 
     def _open_parent(self, config: DictConfig) -> str:
         parent = find_parent_run(self.client, self.experiment_id, self.sweep_id)
@@ -346,7 +387,9 @@ class SweepRunCallback(Callback):
                                                 "interrupt_signal": signal.Signals(signum).name})
 
     def _finish(self, status: str, tags: Optional[dict[str, str]] = None) -> None:
-        if not self.owned or self.run_id is None:
+        global _pending
+        _pending = None
+        if not self.owned or self.run_id is None:  # never opened: the sweep launched nothing, changed nothing
             return
         run_id, self.run_id = self.run_id, None
         atexit.unregister(self._finish_at_exit)
@@ -359,7 +402,8 @@ class SweepRunCallback(Callback):
                 self.client.set_tag(run_id, f"jobs_{state.lower()}", str(counts.get(state, 0)))
             self.client.set_terminated(run_id, status=status)
             log.info("sweep %s ended %s: %s", self.sweep_id, status, dict(counts))
+            if status == "FINISHED":  # a failed or stopped sweep ends on its own line
 
-            print(f"Open the UI: {ui_command(self.client.tracking_uri, sweep_id=self.sweep_id)}")
+                print(f"Open the UI: {ui_command(self.client.tracking_uri, sweep_id=self.sweep_id)}")
         except Exception as error:  # noqa: BLE001 - at exit, report rather than mask the sweep's own error
             log.warning("could not end the sweep's parent run %s: %s", run_id, error)

@@ -3,8 +3,8 @@
 The objective(s) come from `sweep.objective` (each with its direction), every job gets its trial
 (`sweep.storage`, `sweep.study_name`, `sweep.trial_number`) so it reports after each epoch and can be pruned, a
 job config is checked with `lra.config.validate` before the study opens, the Optuna storage sits beside the
-sqlite MLflow store, the MLflow runs of interrupted trials are settled, and the study's result is recorded on the
-sweep's parent MLflow run. `conf/config.yaml` names this class as `sweeper_app`.
+sqlite MLflow store, the MLflow runs of interrupted trials are settled, the sweep's parent MLflow run is opened only before the
+first launch, and the study's result is recorded on it. `conf/config.yaml` names this class as `sweeper_app`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from omegaconf import ListConfig, OmegaConf
 from hydra_plugins.lra_optuna_sweeper._errors import SweeperError
 from hydra_plugins.lra_optuna_sweeper.app import SweepApp
 from lra.config import OBJECTIVES
-from lra.sweep.callback import ENV_PARENT_RUN_ID, ENV_SWEEP_ID, experiment_of, fail_orphan_runs, tracking_uri_of
+from lra.sweep.callback import (ENV_PARENT_RUN_ID, ENV_SWEEP_ID, experiment_of, fail_orphan_runs, open_parent_run,
+                                tracking_uri_of)
 from lra.sweep.trial import finished_values
 
 MINIMIZED = ("peak_memory_mb",)  # besides *_loss: metrics where lower is better
@@ -70,6 +71,10 @@ class LraSweepApp(SweepApp):
 
     def fail_orphan_runs(self, study_name: str, number: int) -> None:
         fail_orphan_runs(self.tracking_uri(), experiment_of(self.config), study_name, number)
+
+    def before_launch(self) -> None:
+        """The sweep's parent MLflow run is opened only now, before the first jobs start."""
+        open_parent_run()
 
     def record(self, results: dict[str, Any], objectives: Sequence[str], results_file: Path) -> None:
         """The study's result on the sweep's parent run: trial counts, the best trial or the Pareto front."""

@@ -42,18 +42,19 @@ class TrialReporter:
         self.prunable = objectives == 1  # Optuna has no intermediate values for several objectives
         self._run_id_recorded = False
 
-    def report(self, step: int, value: float) -> bool:
+    def report(self, step: int, value: float, final: bool = False) -> bool:
         """Report `value` (the optimised metric) at `step` (the epoch) and return the pruner's verdict.
 
         A non-finite value is not reported (the trainer raises for it anyway) and never prunes; nothing is
-        reported in a study with several objectives.
+        reported in a study with several objectives. The `final` epoch is reported but never pruned: the trial
+        has spent all its epochs, so stopping saves nothing and would throw its result away.
         """
         self._record_run_id()
         value = float(value)
         if not self.prunable or not math.isfinite(value):
             return False
         self.trial.report(value, step)
-        return bool(self.trial.should_prune())
+        return not final and bool(self.trial.should_prune())
 
     def _record_run_id(self) -> None:
         """Link the trial to the job's active MLflow run, so a study can be read next to its runs."""
