@@ -66,6 +66,13 @@ class SweepApp:
         """The study's result, for the app's own record (the plugin writes optimization_results.yaml)."""
 
 
+def _derives_from_sweep_app(cls: type) -> bool:
+    """By name, not identity: Hydra's plugin scan executes this module again, so an app imported before the scan
+    subclasses another copy of `SweepApp` than the one this module holds."""
+    return any((base.__module__, base.__qualname__) == (SweepApp.__module__, SweepApp.__qualname__)
+               for base in cls.__mro__)
+
+
 def load_app(path: Optional[str], config: DictConfig) -> SweepApp:
     """The app named by `hydra.sweeper.app` (a dotted path to a SweepApp subclass), else the neutral one."""
     if not path:
@@ -77,7 +84,7 @@ def load_app(path: Optional[str], config: DictConfig) -> SweepApp:
         reason = " ".join(str(error).split())[:200]
         raise SweeperError("hydra.sweeper.app", path, f"cannot be imported ({reason})",
                            "a dotted path to a SweepApp subclass, e.g. my_app.sweeping.MyApp, or null") from None
-    if not (isinstance(cls, type) and issubclass(cls, SweepApp)):
+    if not (isinstance(cls, type) and _derives_from_sweep_app(cls)):
         raise SweeperError("hydra.sweeper.app", path, "is not a subclass of "
                            "hydra_plugins.lra_optuna_sweeper.app.SweepApp", "subclass SweepApp")
     return cls(config)
